@@ -1,0 +1,81 @@
+"""Processed scene folders: one `.npy` per field plus `meta.json`, written atomically.
+
+Layout (see data/README.md): `<root>/<split>/<scene>/{coord,color,normal,segment20,...}.npy` and
+`meta.json` = {"name", "dataset", "classes": {field: [names]}, "source": [files], ...}.
+A scene folder is first written to a hidden temporary sibling and then renamed into place, so an
+interrupted run never leaves a half-written scene behind and never damages a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from volt.data.scene import Scene
+from volt.errors import DataError
+
+META_FILE = "meta.json"
+
+
+def is_scene_dir(path: str | os.PathLike) -> bool:
+    """A finished scene folder has coord.npy and meta.json."""
+    p = Path(path)
+    return (p / "coord.npy").is_file() and (p / META_FILE).is_file()
+
+
+def write_scene(scene: Scene, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `scene` to `out_dir` atomically. Raises FileExistsError if it exists and not `overwrite`."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: scene folder already exists (use overwrite=True / --overwrite)")
+    scene.validate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, arr in scene.arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        meta = {"name": scene.name, **scene.meta, "fields": sorted(scene.arrays), "num_points": scene.num_points}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            # Swap: move the old folder aside first so the new one appears in one rename.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_scene(scene_dir: str | os.PathLike, fields: Iterable[str] | None = None) -> Scene:
+    """Read a processed scene folder (all fields, or only `fields`; missing requested fields error)."""
+    d = Path(scene_dir)
+    if not d.is_dir():
+        raise DataError(d, "not a folder")
+    meta_path = d / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    available = sorted(p.stem for p in d.glob("*.npy"))
+    wanted = list(fields) if fields is not None else available
+    missing = [f for f in wanted if f not in available]
+    if missing:
+        raise DataError(d, f"missing field(s) {missing}; the folder has {available}")
+    arrays = {}
+    for name in wanted:
+        try:
+            arrays[name] = np.load(d / f"{name}.npy", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(d / f"{name}.npy", f"cannot be read as a .npy array ({exc})") from exc
+    name = meta.pop("name", d.name)
+    for key in ("fields", "num_points"):
+        meta.pop(key, None)
+    return Scene(name=name, arrays=arrays, meta=meta).validate(source=str(d))
