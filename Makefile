@@ -15,7 +15,7 @@ $(VPY):
 # installed without build isolation so its extension compiles against that torch.
 $(VENV)/.installed: $(VPY) pyproject.toml setup.py $(CSRC)
 	$(VPY) -m pip install -q "torch==2.13.0"
-	$(VPY) -m pip install -q --no-build-isolation -e ".[dev,viz,instance]"
+	$(VPY) -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
