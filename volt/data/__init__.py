@@ -2,6 +2,7 @@
 
 from volt.data.dataset import SceneDataset
 from volt.data.io import read_scene, write_scene
+from volt.data.readers import read_cloud
 from volt.data.scene import Scene
 
-__all__ = ["Scene", "SceneDataset", "read_scene", "write_scene"]
+__all__ = ["Scene", "SceneDataset", "read_cloud", "read_scene", "write_scene"]

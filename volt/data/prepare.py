@@ -32,7 +32,8 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
-    def report(self, stream=sys.stdout) -> None:
+    def report(self, stream=None) -> None:
+        stream = sys.stdout if stream is None else stream
         print(
             f"written {len(self.written)}, skipped (already done) {len(self.skipped)}, failed {len(self.failed)}",
             file=stream,
