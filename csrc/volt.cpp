@@ -10,5 +10,19 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(volt, m) {
-  // Filled by the kernels: m.def("voxelize(...) -> (...)"); ...
+  // >>> voxelize / patchify (volt/ops/voxelize.py, volt/ops/patchify.py)
+  m.def("voxelize(Tensor coord, Tensor offset, Tensor grid_size, int? seed, bool with_order) -> "
+        "(Tensor grid_coord, Tensor inverse, Tensor count, Tensor voxel_offset, Tensor order, Tensor pick)");
+  m.def("patchify(Tensor grid_coord, Tensor scene, int num_scenes, int patch_size) -> "
+        "(Tensor patch_coord, Tensor token_scene, Tensor voxel2token, Tensor slot, Tensor cu_seqlens)");
+  // <<< voxelize / patchify
+  // >>> sparse convolution (volt/ops/kernel_map.py, volt/ops/sparse_conv.py); offsets are CPU int64 (K+1)
+  m.def("submanifold_map(Tensor coords, int[3] kernel_size) -> (Tensor in_idx, Tensor out_idx, Tensor offsets)");
+  m.def("downsample_map(Tensor coords, int[3] kernel_size, int[3] stride) -> "
+        "(Tensor out_coords, Tensor in_idx, Tensor out_idx, Tensor offsets)");
+  m.def("sparse_conv_forward(Tensor feat, Tensor weight, Tensor in_idx, Tensor out_idx, Tensor offsets, "
+        "int num_out) -> Tensor");
+  m.def("sparse_conv_weight_grad(Tensor feat, Tensor grad_out, Tensor in_idx, Tensor out_idx, Tensor offsets) "
+        "-> Tensor");
+  // <<< sparse convolution
 }

@@ -2,7 +2,9 @@
 
 `VOLT_OPS=auto` (default) uses the extension when it loaded and has a kernel for the tensor's device,
 else the pure-PyTorch reference; `VOLT_OPS=torch` forces the reference; `VOLT_OPS=ext` (or
-`VOLT_REQUIRE_EXT=1`) requires the extension and raises with the recorded load error otherwise.
+`VOLT_REQUIRE_EXT=1`) requires the extension kernel and raises with the recorded reason otherwise.
+`ext_info()` reports the mode, whether the extension loaded (or why not) and, per op, the devices that
+have a compiled kernel; the tools log it once at start-up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import torch
 
 _STATE: dict = {}
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 def _load() -> dict:
@@ -42,10 +45,13 @@ def has_kernel(op: str, device: torch.device | str) -> bool:
     """Whether the loaded extension registered `volt::<op>` for this device type."""
     if not has_ext():
         return False
-    dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    if dispatch_key is None:
+    key = _DISPATCH_KEYS.get(torch.device(device).type)
+    if key is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"volt::{op}", dispatch_key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"volt::{op}", key)
+    except RuntimeError:  # the op's schema is not in this build of the extension
+        return False
 
 
 def use_ext(op: str, device: torch.device | str) -> bool:
@@ -62,15 +68,21 @@ def use_ext(op: str, device: torch.device | str) -> bool:
 
 
 def ext_info() -> dict:
-    """Which backend is active and why (logged by the tools at start-up)."""
+    """Which backend is active and why: mode, load status, and the devices with a kernel for each op."""
     st = _load()
-    m = mode() if os.environ.get("VOLT_OPS", "auto").lower() in ("auto", "ext", "torch") else "invalid"
+    try:
+        m = mode()
+    except ValueError as exc:
+        m = f"invalid ({exc})"
+    ops: dict[str, list[str]] = {}
+    if st["loaded"]:
+        names = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("volt::"))
+        ops = {op: [dev for dev in _DISPATCH_KEYS if has_kernel(op, dev)] for op in names}
     if m == "torch":
         why = "VOLT_OPS=torch forces the pure-PyTorch reference"
     elif st["loaded"]:
-        why = "compiled extension volt._C loaded"
+        why = "compiled extension volt._C loaded; ops without a kernel for a device use the reference there"
     else:
         why = f"extension not available ({st['error']}); using the pure-PyTorch reference"
     return {"mode": m, "extension_loaded": st["loaded"], "load_error": st["error"], "reason": why,
-            "cuda_kernels": st["loaded"] and torch._C._dispatch_has_kernel_for_dispatch_key("volt::voxelize", "CUDA")
-            if st["loaded"] else False}
+            "kernels": ops, "cuda_kernels": any("cuda" in devs for devs in ops.values())}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# GPU check of volt's kernels, run by the lead on a CUDA machine (fresh copy of the repo, python3 with a
+# CUDA build of torch, ninja, pytest, hypothesis; no venv needed). Steps, each with a time limit (together
+# at most 8.5 minutes; about 4 expected):
+#   1. card name (nvidia-smi);
+#   2. build the extension with the CUDA kernels (VOLT_FORCE_CUDA=1, MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0);
+#   3. the ops tests (tests/test_ops_*.py; their CUDA parity cases run because a GPU is visible);
+#   4. the CUDA benchmark (tools/bench.py ops --device cuda).
+# A failing step is reported and the script goes on (a failed build skips the steps that need it).
+# Logs: printed, and also written to "$OUT/gpu_check_*.log" when OUT is set. Exit status: 0 only if
+# every step passed. Usage: bash tools/gpu_check.sh   (PYTHON=... to choose the interpreter)
+set -o pipefail
+cd "$(dirname "$0")/.." || exit 2
+PY="${PYTHON:-python3}"
+export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" VOLT_FORCE_CUDA=1
+export VOLT_REQUIRE_EXT=0 PYTHONUNBUFFERED=1
+# Seen on the lent H200 image: CXX=/opt/gcc/bin/g++ links libstdc++ so that any C++ exception thrown by the
+# extension (a TORCH_CHECK on bad input) kills the process with SIGSEGV; the system g++ works. Prefer it.
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
+[ -n "${OUT:-}" ] && mkdir -p "$OUT"
+
+FAILED=()
+# run NAME LIMIT_SECONDS CMD...: runs CMD with a time limit, tees its output to the log, records failure.
+run() {
+  local name="$1" limit="$2"
+  shift 2
+  local log=/dev/null
+  [ -n "${OUT:-}" ] && log="$OUT/gpu_check_${name}.log"
+  echo "=== ${name} (limit ${limit}s): $* ==="
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$log"
+  local rc=$?
+  echo "=== ${name}: exit ${rc} after $((SECONDS - start))s ==="
+  if [ "$rc" -ne 0 ]; then
+    [ "$rc" -eq 124 ] && echo "!!! ${name} timed out after ${limit}s"
+    FAILED+=("${name} (exit ${rc})")
+  fi
+  return "$rc"
+}
+
+run gpu 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+run versions 30 "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+if run build 210 "$PY" setup.py build_ext --inplace; then
+  run ext_info 30 "$PY" -c "import json, volt.ops as o; i = o.ext_info(); print(json.dumps(i, indent=1)); \
+assert i['extension_loaded'] and 'cuda' in i['kernels'].get('voxelize', []) and 'cuda' in i['kernels'].get('patchify', []), \
+'the CUDA kernels of voxelize/patchify are not registered'"
+  run tests 100 "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_ops_*.py
+else
+  echo "!!! build failed: skipping ext_info and tests (the benchmark still runs, on the reference)"
+fi
+run model_tests 150 "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_attention.py tests/test_volt.py tests/test_sparse_unet.py
+run bench 120 "$PY" tools/bench.py ops --device cuda
+run bench_model 150 "$PY" tools/bench_model.py --device cuda
+run bench_train_step 120 "$PY" tools/bench_train_step.py --device cuda
+
+echo
+if [ "${#FAILED[@]}" -eq 0 ]; then
+  echo "gpu_check: all steps passed"
+  exit 0
+fi
+echo "gpu_check: FAILED steps: ${FAILED[*]}"
+exit 1

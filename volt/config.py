@@ -1,0 +1,331 @@
+"""Every training knob in one place: typed dataclasses with the reference defaults (VOLT_SPEC.md §1.2–§1.4).
+
+YAML files in `configs/` set only what differs from these defaults; there is no inheritance and no class
+names in YAML. `load_config(path, ["train.lr=0.002", "data.datasets.0.root=/data/scannet"])` safe-loads the
+YAML, merges it into the defaults, applies `key=value` overrides (the value text is converted to the field's
+type) and returns a `Config`. An unknown key or a value of the wrong type raises DataError naming the key.
+`to_dict` / `to_yaml` / `save_config` give the resolved config that every run writes as `run_dir/config.yaml`
+and stores in every checkpoint; `config_from_dict` reads it back (a round trip gives an equal Config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from volt.errors import DataError
+
+
+@dataclass
+class VoltCfg:
+    preset: str = "volt-s"  # volt-s | volt-b | volt-tiny (volt.models.PRESETS)
+    drop_path: float | None = None  # None: the preset's (0.3 for volt-s/b)
+    qk_norm: bool = True
+    attn_backend: str = "auto"  # auto | sdpa | flash | varlen
+
+
+@dataclass
+class SpUNetCfg:
+    base_channels: int = 32
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256, 128, 96, 96])
+    layers: list[int] = field(default_factory=lambda: [2, 3, 4, 6, 2, 2, 2, 2])
+    backend: str = "volt"  # volt | spconv (spconv: CUDA training only)
+
+
+@dataclass
+class ModelCfg:
+    backbone: str = "volt"  # volt | spunet
+    in_channels: int = 6  # 6 indoors (color + normal), 4 outdoors (xyz + strength)
+    volt: VoltCfg = field(default_factory=VoltCfg)
+    spunet: SpUNetCfg = field(default_factory=SpUNetCfg)
+    losses: dict[str, float] = field(default_factory=lambda: {"ce": 1.0, "lovasz": 1.0})
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class DistillCfg:
+    checkpoint: str = ""  # teacher checkpoint (our format); empty = no distillation
+    config: str = ""  # teacher config YAML; empty = the config stored in the checkpoint
+    weight: float = 0.5  # loss = (1 - w)·GT + w·distill, per condition
+
+
+@dataclass
+class DatasetCfg:
+    condition: str = "ScanNet"  # head name; one head per condition
+    pipeline: str = "scannet"  # transform chains: scannet | scannet200 | nuscenes (volt.data.pipelines)
+    root: str = "data/scannet"  # processed folders root/<split>/<scene>/
+    train_split: list[str] = field(default_factory=lambda: ["train"])
+    val_split: str = "val"
+    segment_field: str = "segment20"  # stored label field used as `segment`
+    num_classes: int = 20
+    grid_size: float = 0.02  # metres; 0.05 outdoors
+    ratio: float = 1.0  # joint training: relative number of samples per epoch
+
+
+@dataclass
+class DataCfg:
+    datasets: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg()])  # validation uses the first
+    batch_size: int = 16  # global: split evenly over the DDP ranks
+    val_batch_size: int = 1  # per rank
+    num_workers: int = 4  # per rank
+    mix_prob: float = 0.85  # Mix3D-style pairwise overlay, per batch
+    # Voxels two mixed scenes share: keep (the reference's overlay) | drop (first wins; sparse convolutions
+    # need unique voxels) | auto (drop when the backbone or the teacher is a SpUNet, else keep).
+    duplicates: str = "auto"
+
+
+@dataclass
+class TrainCfg:
+    out_dir: str = "outputs/run"
+    resume: str = "auto"  # auto: out_dir/last.pt when present | never | a checkpoint path
+    epochs: int = 800  # total passes over the training data
+    eval_epochs: int = 100  # evaluation/checkpoint cycles; each covers epochs // eval_epochs passes
+    lr: float = 1.0e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # β1 is cycled by OneCycle
+    pct_start: float = 0.05
+    div_factor: float = 10.0
+    final_div_factor: float = 1000.0
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    grad_accum: int = 1
+    clip_grad: float | None = None  # max gradient norm; None = no clipping
+    amp: bool = True
+    amp_dtype: str = "float16"  # float16 (with GradScaler) | bfloat16
+    ema: bool = True
+    ema_decay: float = 0.999
+    seed: int | None = None  # None: drawn at start, broadcast from rank 0, written to config.yaml
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 20  # optimizer steps between log lines
+    save_every: int = 0  # optimizer steps between mid-epoch last.pt saves; 0 = at epoch ends only
+    stop_at_step: int | None = None  # stop early (saving last.pt) after this many steps; schedule unchanged
+
+
+@dataclass
+class EvalCfg:
+    enabled: bool = True  # quick voxel-level validation of the EMA model after each cycle
+    every: int = 1  # validate every N evaluation cycles (and always after the last)
+    max_scenes: int | None = None  # validate on the first N scenes only (smoke runs)
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+
+# --- conversion -------------------------------------------------------------------------------------------
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _fail(source: Any, key: str, problem: str) -> DataError:
+    return DataError(source, f"config key '{key}': {problem}")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: Any, text: bool) -> Any:
+    """`value` converted to type `tp`; `text` means it came from a key=value override string."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (text and isinstance(value, str) and value.lower() in ("null", "none", "~"))
+        if is_null and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source, text)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # an item already converted (e.g. a list edited by an override)
+            return value
+        if text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise _fail(source, key, f"expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return _merge(tp(), value, key, source)
+    if origin in (list, tuple, Sequence):
+        if text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise _fail(source, key, f"expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}.{i}", source, text) for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise _fail(source, key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], f"{key}.{k}", source, text): _coerce(v, args[1], f"{key}.{k}", source, text)
+                for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if text and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text and isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # Also from YAML files: PyYAML reads `1e-3` (no dot) as a string.
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config field '{key}' has an unsupported type {tp!r}")
+    name = getattr(tp, "__name__", str(tp))
+    raise _fail(source, key, f"expected {name}, got {type(value).__name__} {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(obj: Any, data: Mapping, prefix: str, source: Any) -> Any:
+    """A copy of dataclass `obj` with the fields in `data` replaced (recursively merged for sections)."""
+    if not isinstance(data, Mapping):
+        raise _fail(source, prefix or "<root>", f"expected a mapping, got {type(data).__name__}")
+    hints = _hints(type(obj))
+    changes = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            known = ", ".join(hints)
+            raise _fail(source, path, f"unknown key (known keys{' of ' + prefix if prefix else ''}: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            changes[key] = _merge(current, value, path, source)  # sections merge; lists and scalars replace
+        else:
+            changes[key] = _coerce(value, hints[key], path, source, text=False)
+    return dataclasses.replace(obj, **changes)
+
+
+def config_from_dict(data: Mapping | None, source: str | os.PathLike | None = None) -> Config:
+    """Defaults merged with a plain dict (a parsed YAML file or a checkpoint's stored config)."""
+    return _merge(Config(), data or {}, "", source)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Apply `section.key=value` strings; list items are addressed by index (data.datasets.0.root=...)."""
+    for item in overrides:
+        if "=" not in item:
+            raise DataError(None, f"override {item!r} is not of the form key=value")
+        key, text = (s.strip() for s in item.split("=", 1))
+        cfg = _set_path(cfg, key.split("."), text, key)
+    return cfg
+
+
+def _set_path(obj: Any, parts: list[str], text: str, key: str) -> Any:
+    head, rest = parts[0], parts[1:]
+    if isinstance(obj, list):
+        if not re.fullmatch(r"\d+", head) or int(head) >= len(obj):
+            raise _fail(None, key, f"'{head}' is not an index of this list of {len(obj)} items")
+        items = list(obj)
+        items[int(head)] = _set_path(items[int(head)], rest, text, key) if rest else text
+        return items
+    if not dataclasses.is_dataclass(obj):
+        raise _fail(None, key, f"'{head}' goes below a value that has no keys")
+    hints = _hints(type(obj))
+    if head not in hints:
+        raise _fail(None, key, f"unknown key '{head}' (known keys: {', '.join(hints)})")
+    current = getattr(obj, head)
+    if rest and (dataclasses.is_dataclass(current) or isinstance(current, list)):
+        new = _set_path(current, rest, text, key)
+        if isinstance(current, list):  # re-check the edited list against the field type
+            new = _coerce(new, hints[head], key, None, text=True)
+    elif rest:
+        raise _fail(None, key, f"'{head}' has no sub-keys")
+    else:
+        new = _coerce(text, hints[head], key, None, text=True)
+    return dataclasses.replace(obj, **{head: new})
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file (optional) <- key=value overrides."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(path, f"not valid YAML ({exc})") from exc
+        if not isinstance(data, Mapping):
+            raise DataError(path, f"the top level must be a mapping of sections, got {type(data).__name__}")
+    cfg = apply_overrides(config_from_dict(data, path), overrides)
+    check_config(cfg, path)
+    return cfg
+
+
+_CHOICES = {
+    "model.backbone": ("volt", "spunet"),
+    "model.spunet.backend": ("volt", "spconv"),
+    "train.amp_dtype": ("float16", "bfloat16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "data.duplicates": ("auto", "keep", "drop"),
+}
+
+
+def check_config(cfg: Config, source: str | os.PathLike | None = None) -> None:
+    """Values with a fixed set of choices or a valid range; DataError names the key."""
+    for key, choices in _CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in choices:
+            raise _fail(source, key, f"must be one of {list(choices)}, got {value!r}")
+    t = cfg.train
+    positive = {"train.epochs": t.epochs, "train.eval_epochs": t.eval_epochs, "train.grad_accum": t.grad_accum,
+                "train.lr": t.lr, "train.log_every": t.log_every, "eval.every": cfg.eval.every,
+                "data.batch_size": cfg.data.batch_size, "data.val_batch_size": cfg.data.val_batch_size}
+    for key, value in positive.items():
+        if value <= 0:
+            raise _fail(source, key, f"must be > 0, got {value}")
+    if t.epochs % t.eval_epochs:
+        raise _fail(source, "train.epochs", f"must be a multiple of train.eval_epochs ({t.eval_epochs}), got {t.epochs}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise _fail(source, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 < t.pct_start < 1.0:
+        raise _fail(source, "train.pct_start", f"must be in (0, 1), got {t.pct_start}")
+    if len(t.betas) != 2:
+        raise _fail(source, "train.betas", f"needs two values (beta1, beta2), got {t.betas}")
+    if not cfg.data.datasets:
+        raise _fail(source, "data.datasets", "needs at least one dataset")
+    names = [d.condition for d in cfg.data.datasets]
+    if len(set(names)) != len(names):
+        raise _fail(source, "data.datasets", f"condition names must be unique, got {names}")
+    if not 0.0 <= cfg.data.mix_prob <= 1.0:
+        raise _fail(source, "data.mix_prob", f"must be in [0, 1], got {cfg.data.mix_prob}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (lists, dicts, str, int, float, bool, None) of a config or section."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,96 @@
+"""Human- and machine-readable reports of segmentation metrics: a per-class text table and a JSON file.
+
+`format_table(metrics, title)` -> str: one row per class (IoU, accuracy, GT and predicted point counts),
+classes absent from the ground truth marked, then the summary lines (mIoU by the reference definition
+over all K classes, mIoU over classes present in GT, mAcc, allAcc). `metrics_dict(metrics)` -> plain
+dict; `save_json(path, metrics, **extra)` writes it (plus `extra`, e.g. per-scene records, settings)
+atomically. NaN (no class present) is written as JSON null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from volt.engine.metrics import SegMetrics
+
+ABSENT = "absent from GT"
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _pct(x: float) -> str:
+    return "   n/a" if math.isnan(x) else f"{100.0 * x:6.2f}"
+
+
+def format_table(metrics: SegMetrics, title: str | None = None) -> str:
+    """Per-class table (percentages) followed by the summary; classes absent from GT are marked."""
+    width = max([len("class")] + [len(n) for n in metrics.class_names])
+    header = f"{'#':>3}  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'GT pts':>12}  {'pred pts':>12}  note"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    iou, acc, present = metrics.iou, metrics.acc, metrics.present
+    for c, name in enumerate(metrics.class_names):
+        note = "" if present[c] else ABSENT + (" (IoU counts 0)" if metrics.predicted[c] == 0 else "")
+        lines.append(
+            f"{c:>3}  {name:<{width}}  {_pct(iou[c])}  {_pct(acc[c])}  "
+            f"{int(metrics.target[c]):>12}  {int(metrics.predicted[c]):>12}  {note}".rstrip()
+        )
+    k, k_present = metrics.num_classes, int(present.sum())
+    lines += [
+        "-" * len(header),
+        f"{'mIoU':<12} {_pct(metrics.miou)}  mean over all {k} classes (reference definition)",
+        f"{'mIoU present':<12} {_pct(metrics.miou_present)}  mean over the {k_present} classes present in GT",
+        f"{'mAcc':<12} {_pct(metrics.macc)}  all {k} classes (present only: {_pct(metrics.macc_present).strip()})",
+        f"{'allAcc':<12} {_pct(metrics.allacc)}  over {metrics.num_points} labelled points",
+    ]
+    return "\n".join(lines)
+
+
+def metrics_dict(metrics: SegMetrics) -> dict[str, Any]:
+    """Plain-data form: summary scores (fractions in [0, 1]) and one record per class."""
+    out: dict[str, Any] = {k: _num(v) for k, v in metrics.summary().items()}
+    out["num_classes"] = metrics.num_classes
+    out["num_classes_present"] = int(metrics.present.sum())
+    out["num_points"] = metrics.num_points
+    iou, acc = metrics.iou, metrics.acc
+    out["classes"] = [
+        {
+            "index": c,
+            "name": name,
+            "iou": float(iou[c]),
+            "acc": float(acc[c]),
+            "present": bool(metrics.present[c]),
+            "intersection": int(metrics.intersection[c]),
+            "union": int(metrics.union[c]),
+            "target": int(metrics.target[c]),
+            "predicted": int(metrics.predicted[c]),
+        }
+        for c, name in enumerate(metrics.class_names)
+    ]
+    return out
+
+
+def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any) -> Path:
+    """Write {metrics_dict..., **extra} as JSON (temporary file + rename, so readers never see half)."""
+    path = Path(path)
+    payload: dict[str, Any] = metrics_dict(metrics) if metrics is not None else {}
+    payload.update(extra)
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
