@@ -21,7 +21,7 @@ $(VENV)/.installed: $(VPY) pyproject.toml setup.py $(CSRC)
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(VPY) -m pytest -q tests
+	OMP_WAIT_POLICY=PASSIVE $(VPY) -m pytest -q tests
 
 demo: $(VENV)/.installed
 	$(VPY) tools/demo.py --out $(DEMO_OUT)

@@ -19,6 +19,7 @@ Sections live in SECTIONS (name -> function(args)); new benchmarks plug in by na
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import importlib.util
 import os
 import statistics
@@ -278,7 +279,32 @@ def bench_ops(args: argparse.Namespace) -> None:
             print(f"sparse convolution benchmark failed: {type(exc).__name__}: {exc}\n")
 
 
-SECTIONS = {"ops": bench_ops}
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench_model(args: argparse.Namespace) -> None:
+    """Volt-S forward / fwd+bwd vs the reference tokenization (tools/bench_model.py)."""
+    mod = _load_tool("bench_model")
+    mod.print_rows(mod.run(args.device))
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    """Data-pipeline throughput (tools/bench_train.py) and training steps (tools/bench_train_step.py)."""
+    pipe = _load_tool("bench_train")
+    rows = pipe.run_pipeline_bench()
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    print("data pipeline (scenes/s per worker)")
+    print_table(rows, [(k, k, ".2f" if any(isinstance(r.get(k), float) for r in rows) else "") for k in keys])
+    step = _load_tool("bench_train_step")
+    model = _load_tool("bench_model")
+    model.print_rows(step.run(args.device), step.COLUMNS, step.TITLES)
+
+
+SECTIONS = {"ops": bench_ops, "model": bench_model, "train": bench_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -366,7 +366,11 @@ def run(device: str = "cpu", quick: bool = False, scale: float | None = None, re
     """All rows of both tables (see the module docstring)."""
     cuda = torch.device(device).type == "cuda"
     preset = "volt-tiny" if quick else "volt-s"
-    case = measure_case if cuda else _case_subprocess
+    if cuda:
+        def case(kind, impl, size, preset, reps):
+            return measure_case(kind, impl, device, size, preset, reps)
+    else:
+        case = _case_subprocess
     rows = []
     for kind, (size, _, _) in SCENES.items():
         factor = scale if scale is not None else QUICK_SCALE if quick else 1.0 if cuda else CPU_SCALE[kind]
