@@ -331,7 +331,7 @@ def test_teacher_from_our_checkpoint(tmp_path):
 def demo_root(tmp_path_factory):
     demo = _tool("demo")
     out = tmp_path_factory.mktemp("demo")
-    assert demo.main(["--out", str(out)]) == 0
+    demo.prepare_data(out / "raw", out / "processed", 0, False)  # data only: no training stages
     return out / "processed" / "scannet"
 
 
