@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def demo_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.getbasetemp() / "volt_demo"  # shared by the test files of one session
     if not (out / "processed").is_dir():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out)], check=True,
+        # Only the data stage of the demo (generate + preprocess); the training stages are not needed here.
+        code = "import sys; sys.path.insert(0, 'tools'); import demo; demo.prepare_data(*map(__import__('pathlib').Path, sys.argv[1:3]), 0, False)"
+        subprocess.run([sys.executable, "-c", code, str(out / "raw"), str(out / "processed")], check=True,
                        capture_output=True, cwd=ROOT)
     return out / "processed"
 
