@@ -41,3 +41,16 @@ def fixture_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"reference fixture {path} not found (set VOLT_FIXTURES)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_processed(tmp_path_factory) -> Path:
+    """The demo's synthetic data, generated and preprocessed once per session (no training stages)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_tool", ROOT / "tools" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = tmp_path_factory.getbasetemp() / "volt_demo"
+    demo.prepare_data(out / "raw", out / "processed", 0, False)
+    return out / "processed"

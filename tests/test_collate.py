@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -124,14 +123,8 @@ def test_inconsistent_samples_are_rejected():
 
 
 @pytest.fixture(scope="module")
-def demo_rooms(tmp_path_factory):
-    out = tmp_path_factory.getbasetemp() / "volt_demo"  # shared by the test files of one session
-    if not (out / "processed").is_dir():
-        # Only the data stage of the demo (generate + preprocess); the training stages are not needed here.
-        code = "import sys; sys.path.insert(0, 'tools'); import demo; demo.prepare_data(*map(__import__('pathlib').Path, sys.argv[1:3]), 0, False)"
-        subprocess.run([sys.executable, "-c", code, str(out / "raw"), str(out / "processed")], check=True,
-                       capture_output=True, cwd=ROOT)
-    return SceneDataset(out / "processed" / "scannet", "train")
+def demo_rooms(demo_processed):
+    return SceneDataset(demo_processed / "scannet", "train")
 
 
 def batches(loader) -> list[dict]:

@@ -3,7 +3,6 @@ sampling, the ScanNet/nuScenes chains on demo data, test-time views and seeded r
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,14 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "volt_demo"  # shared by the test files of one session
-    if not (out / "processed").is_dir():
-        # Only the data stage of the demo (generate + preprocess); the training stages are not needed here.
-        code = "import sys; sys.path.insert(0, 'tools'); import demo; demo.prepare_data(*map(__import__('pathlib').Path, sys.argv[1:3]), 0, False)"
-        subprocess.run([sys.executable, "-c", code, str(out / "raw"), str(out / "processed")], check=True,
-                       capture_output=True, cwd=ROOT)
-    return out / "processed"
+def demo_root(demo_processed) -> Path:
+    return demo_processed
 
 
 def cloud(n: int = 500, seed: int = 0) -> dict:

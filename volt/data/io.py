@@ -23,6 +23,19 @@ from volt.errors import DataError
 META_FILE = "meta.json"
 
 
+def checked_record_count(path: str | os.PathLike, record_bytes: int, what: str) -> int:
+    """Records in a flat binary file (e.g. LiDAR points), or DataError for a missing, empty or ragged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, f"{what} file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(path, f"{what} file is empty (0 bytes)")
+    if size % record_bytes:
+        raise DataError(path, f"size {size} bytes is not a multiple of {record_bytes} bytes per point (truncated?)")
+    return size // record_bytes
+
+
 def is_scene_dir(path: str | os.PathLike) -> bool:
     """A finished scene folder has coord.npy and meta.json."""
     p = Path(path)

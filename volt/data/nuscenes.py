@@ -22,6 +22,7 @@ import numpy as np
 from volt.data.nuscenes_splits import VERSIONS, split_of
 from volt.data.prepare import Job, Summary, run_jobs
 from volt.data.scene import Scene
+from volt.data.io import checked_record_count
 from volt.errors import DataError
 
 # Fine lidarseg id (category.json order) -> training id; -1 = ignore. Spec §3.2, which equals the
@@ -45,22 +46,10 @@ _PCD_COLUMNS = 5  # x, y, z, intensity, ring
 LIDAR_CHANNEL = "LIDAR_TOP"
 
 
-def _checked_size(path: Path, item_bytes: int, what: str) -> int:
-    """File size in items of `item_bytes`, or DataError for a missing, empty or ragged file."""
-    if not path.is_file():
-        raise DataError(path, f"{what} file not found")
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(path, f"{what} file is empty (0 bytes)")
-    if size % item_bytes:
-        raise DataError(path, f"size {size} bytes is not a multiple of {item_bytes} bytes per point (truncated?)")
-    return size // item_bytes
-
-
 def read_pcd_bin(path: str | os.PathLike) -> np.ndarray:
     """A nuScenes `.pcd.bin` sweep -> (N, 5) float32: x, y, z, intensity (0..255), ring index."""
     path = Path(path)
-    _checked_size(path, 4 * _PCD_COLUMNS, "nuScenes .pcd.bin")
+    checked_record_count(path, 4 * _PCD_COLUMNS, "nuScenes .pcd.bin")
     points = np.fromfile(path, dtype="<f4").reshape(-1, _PCD_COLUMNS).astype(np.float32, copy=False)
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
@@ -71,7 +60,7 @@ def read_pcd_bin(path: str | os.PathLike) -> np.ndarray:
 def read_lidarseg(path: str | os.PathLike, num_points: int, pcd_path: str | os.PathLike | None = None) -> np.ndarray:
     """A `_lidarseg.bin` label file -> (N,) uint8 fine ids 0..31, checked against the sweep's point count."""
     path = Path(path)
-    count = _checked_size(path, 1, "nuScenes lidarseg")
+    count = checked_record_count(path, 1, "nuScenes lidarseg")
     if count != num_points:
         sweep = f" the sweep {pcd_path} has" if pcd_path is not None else " the sweep has"
         raise DataError(path, f"holds {count} labels but{sweep} {num_points} points")

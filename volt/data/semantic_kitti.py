@@ -21,6 +21,7 @@ import numpy as np
 
 from volt.data.prepare import Job, Summary, run_jobs
 from volt.data.scene import Scene
+from volt.data.io import checked_record_count
 from volt.errors import DataError
 
 # The standard benchmark map (semantic-kitti.yaml `learning_map`): raw id -> learning id 0..19.
@@ -98,21 +99,10 @@ def load_learning_map(yaml_path: str | os.PathLike | None = None) -> LearningMap
     return LearningMap({k: v - 1 for k, v in learning.items()}, names, str(path))
 
 
-def _checked_count(path: Path, item_bytes: int, what: str) -> int:
-    if not path.is_file():
-        raise DataError(path, f"{what} file not found")
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(path, f"{what} file is empty (0 bytes)")
-    if size % item_bytes:
-        raise DataError(path, f"size {size} bytes is not a multiple of {item_bytes} bytes per point (truncated?)")
-    return size // item_bytes
-
-
 def read_kitti_bin(path: str | os.PathLike) -> np.ndarray:
     """A velodyne `.bin` scan -> (N, 4) float32: x, y, z, remission."""
     path = Path(path)
-    _checked_count(path, 16, "SemanticKITTI scan")
+    checked_record_count(path, 16, "SemanticKITTI scan")
     points = np.fromfile(path, dtype="<f4").reshape(-1, 4).astype(np.float32, copy=False)
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
@@ -123,7 +113,7 @@ def read_kitti_bin(path: str | os.PathLike) -> np.ndarray:
 def read_kitti_label(path: str | os.PathLike, num_points: int) -> np.ndarray:
     """A `.label` file -> (N,) uint32 (lower 16 bits semantic, upper 16 instance), length-checked."""
     path = Path(path)
-    count = _checked_count(path, 4, "SemanticKITTI label")
+    count = checked_record_count(path, 4, "SemanticKITTI label")
     if count != num_points:
         raise DataError(path, f"holds {count} labels but the scan has {num_points} points")
     return np.fromfile(path, dtype="<u4").astype(np.uint32, copy=False)
