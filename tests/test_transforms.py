@@ -3,7 +3,6 @@ sampling, the ScanNet/nuScenes chains on demo data, test-time views and seeded r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
