@@ -121,8 +121,8 @@ class Trainer:
         self.run_dir = Path(t.out_dir)
         self.log = RunLog(self.run_dir, enabled=info.is_main)
         seed_everything(t.seed)  # the same initial weights on every rank
-        self.model = build_segmentor(cfg, self.device)
-        self.train_loader, self.val_loader = loaders if loaders is not None else build_loaders(cfg, info)
+        self.model = self.build_model()
+        self.train_loader, self.val_loader = loaders if loaders is not None else self.build_loaders()
         self.steps_per_epoch = len(self.train_loader) // t.grad_accum
         if self.steps_per_epoch < 1:
             raise ValueError(f"the training loader gives {len(self.train_loader)} batches per epoch, fewer than "
@@ -147,6 +147,32 @@ class Trainer:
         self.class_names = class_names(cfg.data.datasets[0]) if self.val_loader is not None else None
         self.pos = Position()
         seed_everything(t.seed + 1_000_003 * info.rank)  # per-rank randomness (drop-path) from here on
+
+    # --- what a task changes (the instance trainer overrides these) ---------------------------------------------
+    def build_model(self) -> nn.Module:
+        return build_segmentor(self.cfg, self.device)
+
+    def build_loaders(self) -> tuple[Any, Any]:
+        return build_loaders(self.cfg, self.info)
+
+    def batch_accuracy(self, out: Any, batch: dict[str, Any]) -> tuple[int, int]:
+        """(correct, labelled) of one training step, for the log's train_acc."""
+        return train_accuracy(out, batch["segment"])
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validate the EMA model; a log record whose "metric" (higher is better) picks best.pt."""
+        ds = self.cfg.data.datasets[0]
+        self.val_loader.set_epoch(0)  # the same voxel picks at every validation: comparable scores
+        result = validate(self.ema.module if self.ema is not None else unwrap(self.model), self.val_loader,
+                          ds.num_classes, device=self.device, amp_dtype=self.amp_dtype,
+                          class_names=self.class_names, max_batches=self.cfg.eval.max_scenes,
+                          distributed=self.info.distributed)
+        m = result.metrics
+        record = {"metric": m.miou, "mIoU": m.miou, "mAcc": m.macc, "allAcc": m.allacc,
+                  "mIoU_present": m.miou_present, "batches": result.batches, "class_iou": [float(x) for x in m.iou]}
+        if result.loss is not None:
+            record["loss"] = result.loss
+        return record
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     def save(self, name: str) -> Path:
@@ -234,7 +260,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     out = model(batch)
                 self.scaler.scale(out.loss / accum).backward()
-            correct, labelled = train_accuracy(out, batch["segment"])
+            correct, labelled = self.batch_accuracy(out, batch)
             for key, value in (("loss", float(out.loss.detach())), ("correct", correct), ("labelled", labelled)):
                 window[key] = window.get(key, 0.0) + value
             for key, value in out.parts.items():
@@ -284,22 +310,11 @@ class Trainer:
         improved = False
         due = epoch % ev.every == 0 or epoch == self.cfg.train.eval_epochs
         if ev.enabled and self.val_loader is not None and due:
-            ds = self.cfg.data.datasets[0]
-            self.val_loader.set_epoch(0)  # the same voxel picks at every validation: comparable scores
-            result = validate(self.ema.module if self.ema is not None else unwrap(self.model), self.val_loader,
-                              ds.num_classes, device=self.device, amp_dtype=self.amp_dtype,
-                              class_names=self.class_names, max_batches=ev.max_scenes,
-                              distributed=self.info.distributed)
-            m = result.metrics
-            record = {"epoch": epoch, "step": self.pos.step, "mIoU": m.miou, "mAcc": m.macc, "allAcc": m.allacc,
-                      "mIoU_present": m.miou_present, "batches": result.batches,
-                      "class_iou": [float(x) for x in m.iou]}
-            if result.loss is not None:
-                record["loss"] = result.loss
-            improved = m.miou > self.pos.best_metric
+            record = {"epoch": epoch, "step": self.pos.step, **self.evaluate()}
+            improved = record["metric"] > self.pos.best_metric
             if improved:
-                self.pos.best_metric = m.miou
-            record["best_mIoU"] = self.pos.best_metric
+                self.pos.best_metric = record["metric"]
+            record["best_metric"] = self.pos.best_metric
             self.log.metrics("val", record)
         self.save("last.pt")
         if improved:
