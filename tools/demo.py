@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
@@ -42,6 +41,7 @@ from volt.engine.build import build_segmentor, class_names
 from volt.engine.checkpoint import load_checkpoint, load_state_strict
 from volt.engine.evaluate import precise_test
 from volt.engine.report import format_table, save_json
+from volt.engine.threads import cpu_threads
 from volt.engine.trainer import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -127,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="CPU threads for torch (default: cores minus loader workers)")
     args = ap.parse_args(argv)
 
-    # One loader worker runs beside the trainer: more torch threads than free cores makes OpenMP wait on
-    # descheduled threads (measured 1.4 s instead of 0.2 s per step on 2 cores).
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
+    # The demo configs use one loader worker: torch gets the other cores (volt/engine/threads.py says why).
+    torch.set_num_threads(cpu_threads(num_workers=1, requested=args.threads))
     out = args.out
     raw, processed, runs = out / "raw", out / "processed", out / "runs"
     views = args.views or (1 if args.quick else None)

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=0.002 data.datasets.0.root=DIR")
     ap.add_argument("--out", help="run folder (same as train.out_dir=...)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--threads", type=int, help="torch threads per process on a CPU (default: the cores left after "
+                                                "the loader workers, split over the ranks; or OMP_NUM_THREADS)")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after --out
 
     overrides = list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else [])
@@ -39,8 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
+    import torch
+
     from volt.engine.dist import cleanup
+    from volt.engine.threads import set_cpu_threads
     from volt.engine.trainer import fit
+
+    on_cpu = cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        threads = set_cpu_threads(cfg.data.num_workers, args.threads)
+        if threads is not None:
+            print(f"torch threads per process: {threads} (beside {cfg.data.num_workers} loader workers)")
 
     try:
         result = fit(cfg)
