@@ -25,4 +25,7 @@ TORCH_LIBRARY(volt, m) {
   m.def("sparse_conv_weight_grad(Tensor feat, Tensor grad_out, Tensor in_idx, Tensor out_idx, Tensor offsets) "
         "-> Tensor");
   // <<< sparse convolution
+  // >>> superpoints (volt/ops/superpoint.py); CPU only: union-find is sequential
+  m.def("felzenszwalb(Tensor edges, Tensor weights, int num_vertices, float k_thresh, int seg_min_verts) -> Tensor");
+  // <<< superpoints
 }

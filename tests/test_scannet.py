@@ -285,7 +285,11 @@ def test_scene0470_test_style(scannet_dir, label_map):
     folder = scannet_dir / "scene0470_00"
     scene = read_scannet_scene(folder, label_map)
     assert scene.num_points == 67465
-    assert sorted(scene.arrays) == ["color", "coord", "normal"]
+    assert sorted(scene.arrays) == ["color", "coord", "normal", "superpoint"]  # no segs.json: from the mesh
+    assert scene.meta["superpoint_source"] == "mesh"
+    sp = scene["superpoint"]
+    counts = np.bincount(sp)
+    assert counts.min() >= 20 and 100 < len(counts) < 2000  # ScanNet's min size; a room's usual segment count
     labels = np.asarray(plyfile.PlyData.read(str(folder / "scene0470_00_vh_clean_2.labels.ply"))["vertex"]["label"])
     assert len(labels) == 67465
     assert sorted(np.unique(labels).tolist()) == [0, 1, 2, 5, 7, 8, 9, 30, 37, 39]
@@ -320,7 +324,7 @@ def test_prepare_end_to_end(tmp_path, scannet_dir, scene0000, capsys):
     written = read_scene(out / "train" / "scene0000_00")
     for key, value in scene0000[0].arrays.items():
         assert np.array_equal(written[key], value), key
-    assert sorted(read_scene(out / "test" / "scene0470_00").arrays) == ["color", "coord", "normal"]
+    assert sorted(read_scene(out / "test" / "scene0470_00").arrays) == ["color", "coord", "normal", "superpoint"]
 
     again = prepare_scannet(scannet_dir, out, scannet_dir / TSV, splits=splits, progress=False)
     assert sorted(again.skipped) == ["test/scene0470_00", "train/scene0000_00"] and not again.written

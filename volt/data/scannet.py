@@ -5,8 +5,9 @@ vertex is a point), and for annotated scenes `<scene>_vh_clean_2.0.010000.segs.j
 over-segment ids) and `<scene>.aggregation.json` (object groups of segments with a raw category).
 Test scenes (`scans_test/`) have the mesh only. Labels go through `scannetv2-labels.combined.tsv`.
 
-Output `Scene` fields: coord, color, normal; annotated scenes also superpoint (contiguous 0..S-1, in
-sorted segment-id order), instance (the aggregation group `id`, every group including wall/floor; a
+Output `Scene` fields: coord, color, normal, superpoint (contiguous 0..S-1: annotated scenes in sorted
+segs.json segment-id order; test scenes computed from the mesh by `volt.ops.superpoint.mesh_superpoints`,
+ScanNet's segmentator parameters, meta "superpoint_source": "mesh"); annotated scenes also instance (the aggregation group `id`, every group including wall/floor; a
 later group wins where groups share segments; -1 unannotated), segment20 and segment200 (-1 ignore).
 `prepare_scannet` writes `<out>/<split>/<scene>/` folders through `volt.data.prepare.run_jobs`.
 """
@@ -137,15 +138,21 @@ def read_scannet_scene(scene_dir: str | os.PathLike, label_map: Mapping[str, tup
             segment20[mask], segment200[mask] = label_map.get(label, (-1, -1))
         arrays.update(instance=instance, segment20=segment20, segment200=segment200)
         sources += [segs_path.name, agg_path.name]
-        if unmapped:
-            warnings.warn(f"{name}: raw categories missing from the label map, mapped to ignore: {unmapped}",
-                          UnmappedLabelWarning, stacklevel=2)
+    else:  # a test scene: superpoints from the mesh, as ScanNet's segmentator makes segs.json
+        from volt.ops.superpoint import mesh_superpoints
+
+        arrays["superpoint"] = mesh_superpoints(mesh.coord, mesh.faces).astype(np.int32)
+    if unmapped:
+        warnings.warn(f"{name}: raw categories missing from the label map, mapped to ignore: {unmapped}",
+                      UnmappedLabelWarning, stacklevel=2)
 
     meta: dict[str, Any] = {
         "dataset": "scannet",
         "classes": {"segment20": list(CLASS_NAMES_20), "segment200": list(CLASS_NAMES_200)},
         "source": sources,
     }
+    if not has_segs:
+        meta["superpoint_source"] = "mesh"  # not shipped: computed by volt.ops.superpoint
     if unmapped:
         meta["unmapped_labels"] = unmapped
     scene = Scene(name=name, arrays=arrays, meta=meta)
