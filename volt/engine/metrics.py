@@ -44,6 +44,7 @@ class SegMetrics:
     target: np.ndarray  # ground-truth points per class
     predicted: np.ndarray  # predicted points per class (over points with valid ground truth)
     class_names: tuple[str, ...]
+    confusion: np.ndarray | None = None  # (K, K) counts, rows = ground truth, columns = prediction
 
     @property
     def num_classes(self) -> int:
@@ -161,6 +162,7 @@ class ConfusionMatrix:
             target=target,
             predicted=predicted,
             class_names=self.class_names,
+            confusion=m.copy(),
         )
 
 

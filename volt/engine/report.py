@@ -4,7 +4,9 @@
 classes absent from the ground truth marked, then the summary lines (mIoU by the reference definition
 over all K classes, mIoU over classes present in GT, mAcc, allAcc). `metrics_dict(metrics)` -> plain
 dict; `save_json(path, metrics, **extra)` writes it (plus `extra`, e.g. per-scene records, settings)
-atomically. NaN (no class present) is written as JSON null.
+atomically. NaN (no class present) is written as JSON null. When the metrics carry their confusion matrix
+it is saved too, as "confusion_matrix": K lists of K counts (rows = ground truth, columns = prediction);
+`read_confusion(data, source)` reads it back and checks it against the per-class counts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from volt.engine.metrics import SegMetrics
+from volt.errors import DataError
 
 ABSENT = "absent from GT"
 
@@ -74,7 +79,29 @@ def metrics_dict(metrics: SegMetrics) -> dict[str, Any]:
         }
         for c, name in enumerate(metrics.class_names)
     ]
+    if metrics.confusion is not None:
+        out["confusion_matrix"] = np.asarray(metrics.confusion, dtype=np.int64).tolist()
     return out
+
+
+def read_confusion(data: dict[str, Any], source: str | os.PathLike | None = None) -> np.ndarray:
+    """(K, K) int64 confusion counts from a saved metrics dict, checked against its per-class records:
+    row sums = "target", column sums = "predicted", diagonal = "intersection". DataError (naming `source`)
+    when the matrix is missing or disagrees."""
+    if "confusion_matrix" not in data:
+        raise DataError(source, "no 'confusion_matrix' in the metrics (written by volt.engine.report.save_json "
+                                "since the confusion matrix was added; re-run the evaluation)")
+    m = np.asarray(data["confusion_matrix"], dtype=np.int64)
+    classes = data.get("classes", [])
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(classes):
+        raise DataError(source, f"confusion_matrix has shape {m.shape} for {len(classes)} classes")
+    for name, got in (("target", m.sum(1)), ("predicted", m.sum(0)), ("intersection", np.diag(m))):
+        want = np.asarray([int(c[name]) for c in classes])
+        if not np.array_equal(got, want):
+            c = int(np.flatnonzero(got != want)[0])
+            raise DataError(source, f"confusion_matrix disagrees with class {c}'s '{name}' count "
+                                    f"({int(got[c])} vs {int(want[c])})")
+    return m
 
 
 def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any) -> Path:
@@ -82,7 +109,12 @@ def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any)
     path = Path(path)
     payload: dict[str, Any] = metrics_dict(metrics) if metrics is not None else {}
     payload.update(extra)
+    matrix = payload.pop("confusion_matrix", None)
     text = json.dumps(payload, indent=2, allow_nan=False)
+    if matrix is not None:  # one line per row, not one per count (K*K lines)
+        rows = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in matrix)
+        head = text[:-1].rstrip()  # everything before the closing brace
+        text = f'{head}{"," if payload else ""}\n  "confusion_matrix": [\n{rows}\n  ]\n}}'
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
