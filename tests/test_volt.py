@@ -1,17 +1,18 @@
-"""Volt backbone: reference parity, tokenizer = dense formulation, spconv-kernel conversion, batch isolation,
-no scene-size cap, forward/backward, parameter counts of the presets."""
+"""Volt backbone: reference parity, tokenizer = the reference's buffer, detokenizer = the full product (outputs
+and gradients), spconv-kernel conversion, batch isolation, no scene-size cap, forward/backward, parameter counts
+of the presets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fixture_file
+from conftest import DEVICES, fixture_file
 
 from volt.errors import DataError
 from volt.models import PRESETS, build_volt, convert_reference_state_dict, load_strict, volt_from_reference_config
 from volt.models.convert import split_reference_checkpoint
-from volt.models.tokenizer import Detokenizer, Tokenizer, detokenize_dense, slot_groups, tokenize_dense
+from volt.models.tokenizer import Detokenizer, Tokenizer, detokenize_dense
 from volt.ops.patchify import patchify
 
 
@@ -49,7 +50,8 @@ def lively(model):
 # ---------------------------------------------------------------- reference parity (fixture-driven)
 
 
-def test_matches_official_backbone():
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_official_backbone(device):
     data = torch.load(fixture_file("volt_official_parity.pt"), weights_only=True, map_location="cpu")
     model = volt_from_reference_config(data["config"]).eval()
     load_strict(model, convert_reference_state_dict(data["state_dict"]), source="volt_official_parity.pt")
@@ -63,7 +65,7 @@ def test_matches_official_backbone():
         offset = torch.bincount(batch).cumsum(0)
     with torch.no_grad():
         out = torch.empty_like(data["output"])
-        out[order] = model(grid[order], feat[order], offset)
+        out[order] = model.to(device)(grid[order].to(device), feat[order].to(device), offset.to(device)).cpu()
     err = (out - data["output"]).abs().max().item()
     assert err <= 1e-4, f"max abs error {err:.3g} vs the reference output"
 
@@ -103,24 +105,29 @@ def _layout_with_duplicates(channels=5, seed=3):
     return grid, feat, torch.tensor([67, 112])
 
 
-def test_tokenizer_equals_dense_buffer_formulation():
-    grid, feat, offset = _layout_with_duplicates()
+def reference_tokenize(feat, voxel2token, slot, num_tokens, proj):
+    """The reference toolkit's tokenizer: dense [T, S, C] buffer by index assignment, flatten, Linear."""
+    buf = feat.new_zeros(num_tokens, proj.in_features // feat.shape[1], feat.shape[1])
+    buf[voxel2token, slot] = feat
+    return proj(buf.flatten(1))
+
+
+def test_tokenizer_is_the_reference_buffer_formulation():
+    """Distinct slots: bit-identical to the reference, outputs and gradients (feat, weight, bias)."""
+    grid, feat, offset = random_scenes([150, 90], extent=14, channels=5, seed=8)
     layout = patchify(grid, offset, patch_size=5)
-    groups = slot_groups(layout.slot, 125)
     tok = Tokenizer(5, 16)
     torch.nn.init.normal_(tok.proj.bias)
+    t = layout.num_tokens
     feat_a, feat_b = feat.clone().requires_grad_(), feat.clone().requires_grad_()
-    num_tokens = layout.patch_coord.shape[0]
-    ours = tok(feat_a, layout.voxel2token, num_tokens, groups)
-    dense = tokenize_dense(feat_b, layout.voxel2token, layout.slot, num_tokens, tok.proj.weight, tok.proj.bias)
-    torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-5)
+    ours = tok(feat_a, layout.voxel2token, layout.slot, t)
+    ref = reference_tokenize(feat_b, layout.voxel2token, layout.slot, t, tok.proj)
+    assert torch.equal(ours, ref)
     grad_out = torch.randn_like(ours)
-    (w_a,) = torch.autograd.grad(ours, [tok.proj.weight], grad_out, retain_graph=True)
-    (w_b,) = torch.autograd.grad(dense, [tok.proj.weight], grad_out, retain_graph=True)
-    torch.testing.assert_close(w_a, w_b, atol=1e-5, rtol=1e-5)
-    ours.backward(grad_out)
-    dense.backward(grad_out)
-    torch.testing.assert_close(feat_a.grad, feat_b.grad, atol=1e-5, rtol=1e-5)
+    grads_a = torch.autograd.grad(ours, [feat_a, tok.proj.weight, tok.proj.bias], grad_out)
+    grads_b = torch.autograd.grad(ref, [feat_b, tok.proj.weight, tok.proj.bias], grad_out)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.equal(a, b)
 
 
 def test_duplicate_voxels_are_summed():
@@ -128,20 +135,71 @@ def test_duplicate_voxels_are_summed():
     feat = torch.tensor([[1.0], [2.0], [4.0]])
     layout = patchify(grid, torch.tensor([3]), patch_size=5)
     tok = Tokenizer(1, 2)
-    out = tok(feat, layout.voxel2token, layout.patch_coord.shape[0], slot_groups(layout.slot, 125))
+    out = tok(feat, layout.voxel2token, layout.slot, layout.num_tokens)
     slot = 1 * 25 + 2 * 5 + 3
     torch.testing.assert_close(out[0], tok.proj.bias + 3.0 * tok.proj.weight[:, slot])
+    torch.testing.assert_close(out[1], tok.proj.bias + 4.0 * tok.proj.weight[:, 2 * 25])
 
 
-def test_detokenizer_equals_full_product():
-    grid, _, offset = _layout_with_duplicates()
+def _detokenize_both(det, tokens, layout):
+    """Grouped-GEMM detokenizer and the dense full product on cloned inputs: outputs and the gradients
+    of tokens, weight and bias for one random output gradient."""
+    tok_a, tok_b = tokens.clone().requires_grad_(), tokens.clone().requires_grad_()
+    params = [det.proj.weight, det.bias]
+    ours = det(tok_a, layout.voxel2token, layout.slot)
+    dense = detokenize_dense(tok_b, layout.voxel2token, layout.slot, det.proj.weight, det.bias)
+    grad_out = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1)).to(ours)
+    grads_a = torch.autograd.grad(ours, [tok_a, *params], grad_out)
+    grads_b = torch.autograd.grad(dense, [tok_b, *params], grad_out.to(dense.dtype))
+    return (ours, *grads_a), (dense, *grads_b)
+
+
+@pytest.mark.parametrize("sizes", [[60, 45], [1], [400, 3, 250]])
+def test_detokenizer_equals_full_product(sizes):
+    """Outputs and gradients of the grouped GEMM equal the reference's full product (few voxels: most slot
+    groups are empty; [1]: one voxel, 124 empty groups)."""
+    grid, _, offset = random_scenes(sizes, extent=12, seed=len(sizes))
     layout = patchify(grid, offset, patch_size=5)
     det = Detokenizer(8)
     torch.nn.init.normal_(det.bias)
-    tokens = torch.randn(layout.patch_coord.shape[0], 8)
-    ours = det(tokens, layout.voxel2token, slot_groups(layout.slot, 125))
-    dense = detokenize_dense(tokens, layout.voxel2token, layout.slot, det.proj.weight, det.bias)
-    torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-5)
+    tokens = torch.randn(layout.num_tokens, 8)
+    for a, b in zip(*_detokenize_both(det, tokens, layout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_detokenizer_duplicates_and_empty_input():
+    grid, _, offset = _layout_with_duplicates()
+    layout = patchify(grid, offset, patch_size=5)
+    det = Detokenizer(16)
+    tokens = torch.randn(layout.num_tokens, 16)
+    out, dense = det(tokens, layout.voxel2token, layout.slot), detokenize_dense(
+        tokens, layout.voxel2token, layout.slot, det.proj.weight, det.bias)
+    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[:7], out[60:67])  # a duplicated voxel gets its twin's feature
+    leaf = tokens.clone().requires_grad_()
+    det(leaf, layout.voxel2token, layout.slot).sum().backward()  # an expanded (stride-0) output gradient
+    w_sum = det.proj.weight.view(125, 16, 16).sum(1)  # (S, U_in): column sums of each slot's matrix
+    expect = torch.zeros_like(tokens).index_add_(0, layout.voxel2token, w_sum[layout.slot])
+    torch.testing.assert_close(leaf.grad, expect, atol=1e-5, rtol=1e-5)
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert det(torch.zeros(0, 16), empty, empty).shape == (0, 16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [128, 4])  # 4 channels in bf16 (8-byte rows): the dense fallback
+def test_detokenizer_under_bf16_autocast(channels, device):
+    """Same dtype (float32: bf16 product + float32 bias) and values as the full product under autocast."""
+    grid, _, offset = random_scenes([300, 120], seed=6)
+    layout = patchify(grid.to(device), offset.to(device), patch_size=5)
+    det = Detokenizer(channels).to(device)
+    torch.nn.init.normal_(det.bias)
+    tokens = torch.randn(layout.num_tokens, channels, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        ours, dense = _detokenize_both(det, tokens, layout)
+    assert ours[0].dtype == dense[0].dtype == torch.float32
+    for a, b in zip(ours, dense):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
 
 
 def test_spconv_kernels_convert_to_the_same_convolution():
@@ -150,7 +208,6 @@ def test_spconv_kernels_convert_to_the_same_convolution():
     c, d, u = 3, 8, 4
     grid, feat, offset = random_scenes([150], extent=15, channels=c, seed=5)
     layout = patchify(grid, offset, patch_size=5)
-    groups = slot_groups(layout.slot, 125)
     old = {
         "tokenizer.weight": torch.randn(d, 5, 5, 5, c, generator=g),
         "tokenizer.bias": torch.randn(d, generator=g),
@@ -166,14 +223,14 @@ def test_spconv_kernels_convert_to_the_same_convolution():
     dense_in[0, :, x, y, z] = feat.T
     conv = F.conv3d(dense_in, old["tokenizer.weight"].permute(0, 4, 1, 2, 3), old["tokenizer.bias"], stride=5)
     px, py, pz = layout.patch_coord.long().unbind(1)
-    tokens = tok(feat, layout.voxel2token, px.numel(), groups)
+    tokens = tok(feat, layout.voxel2token, layout.slot, px.numel())
     torch.testing.assert_close(tokens, conv[0, :, px, py, pz].T, atol=1e-4, rtol=1e-4)
     h = torch.randn(px.numel(), u, generator=g)
     dense_tok = torch.zeros(1, u, 3, 3, 3)
     dense_tok[0, :, px, py, pz] = h.T
     up = F.conv_transpose3d(dense_tok, old["decoder.unembed.weight"].permute(4, 0, 1, 2, 3), stride=5)
     expect = up[0, :, x, y, z].T + old["decoder.unembed.bias"]
-    torch.testing.assert_close(det(h, layout.voxel2token, groups), expect, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(det(h, layout.voxel2token, layout.slot), expect, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- backbone behaviour

@@ -10,16 +10,22 @@ channels (colour, normal), and "outdoor", a 32-beam LiDAR sweep of 35k points at
   Linear(U -> 125U) over all tokens, then a gather). Columns: median ms, tokens/s, achieved TFLOP/s
   (`volt_flops`; x3 for fwd+bwd), peak memory above weights and inputs, share of the forward spent in
   volt.models.attention.attention, our speed-up over the reference, and on CUDA the MFU (`bf16_peak`).
-- "tokenize": the tokenize + detokenize step alone (ours: volt.ops.patchify + slot-wise GEMMs), forward and
-  forward+backward, with the speed-up over the reference (target >= 5x).
-Speed-ups compare the fastest repetitions (noise on a shared machine only adds time).
-CPU: fp32; memory = max-RSS rise (resource.getrusage) in a fresh subprocess per (scene, implementation), as
-the CPU allocator keeps no statistics. One Volt-S training step on a full-size scene takes a minute on
+- "tokenize": the tokenize + detokenize step alone (ours: volt.ops.patchify + the dense-buffer Linear + the
+  grouped-GEMM detokenizer of volt.models.tokenizer), forward and forward+backward, with the speed-up over
+  the reference (target >= 5x).
+The two implementations' calls alternate in one process (load changes on a shared machine hit both alike);
+speed-ups compare the fastest repetitions (noise only adds time).
+CPU: fp32; memory = the rise of the peak resident set during one extra call (VmHWM, reset before it, with
+glibc's free heap released), as the CPU allocator keeps no statistics. One Volt-S training step on a full-size scene takes a minute on
 2 cores, so the "model" table shrinks the scenes by CPU_SCALE (indoor 0.5 of the voxels, outdoor 0.1 of the
 points; `scale` overrides both); the "tokenize" table stays full size. CUDA: bf16 autocast,
 torch.cuda.max_memory_allocated, synchronized timings, full size. --quick: Volt-tiny on small scenes.
 On a CPU shared with other jobs use --threads 1: with 2 OpenMP threads and one core taken, every parallel
 region waits for a descheduled thread (Volt-tiny steps measured 10-200x slower).
+On a virtual machine with slow page faults, every fresh CPU tensor above glibc's 32 MB mmap threshold pays its
+page faults again (a 64 MB index_select: 84 ms fresh vs 4 ms into a reused buffer, one thread on our loaded
+2-core VM). PyTorch's THP_MEM_ALLOC_ENABLE=1 (2 MB transparent huge pages for large CPU tensors) removes most
+of that cost for both implementations; set it in the shell (tools/bench.py imports torch before this file).
 
     python tools/bench_model.py [--device cuda] [--quick] [--scale S] [--reps N] [--threads N]
 """
@@ -28,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import ctypes
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import volt.models.attention as attention_module
 from volt.models import VolumeTransformer, build_volt
-from volt.models.tokenizer import slot_groups
 from volt.ops import _ext
 from volt.ops.patchify import patchify
 from volt.ops.voxelize import voxelize
@@ -161,17 +164,17 @@ class ReferenceTokenizerVolt(nn.Module):
 
 # --- FLOPs, timing, memory ------------------------------------------------------------------------------
 def volt_flops(model: VolumeTransformer, tokens_per_scene: list[int], voxels: int, num_classes: int = 0) -> float:
-    """Forward FLOPs (a multiply-add = 2) of `model`: per token 2·(4D² + 2·D·hidden) per block (qkv, proj, MLP)
-    + 2·D·U (decoder pre); per scene of L tokens 4·L²·D per block (q·kᵀ and a·v); per voxel 2·C·D (tokenizer,
-    occupied slots only), 2·U² (its detokenizer row) and 2·U·K (a K-class head). Norms, RoPE, GELU and
-    softmax are left out. A training step is counted as 3x the forward."""
+    """Forward FLOPs (a multiply-add = 2) of `model`: per token 2·(4D² + 2·D·hidden) per block (qkv, proj, MLP),
+    2·p³·C·D (tokenizer: the Linear over the dense slot buffer) and 2·D·U (decoder pre); per scene of L tokens
+    4·L²·D per block (q·kᵀ and a·v); per voxel 2·U² (its detokenizer row) and 2·U·K (a K-class head). Norms,
+    RoPE, GELU and softmax are left out. A training step is counted as 3x the forward."""
     d, u, c = model.tokenizer.proj.out_features, model.out_channels, model.in_channels
     hidden = model.blocks[0].mlp.fc1.out_features
     depth = len(model.blocks)
     tokens = sum(tokens_per_scene)
     attn = depth * sum(4.0 * n * n * d for n in tokens_per_scene)
-    per_token = 2.0 * depth * (4 * d * d + 2 * d * hidden) + 2.0 * d * u
-    return tokens * per_token + voxels * 2.0 * (c * d + u * u + u * num_classes) + attn
+    per_token = 2.0 * depth * (4 * d * d + 2 * d * hidden) + 2.0 * model.patch**3 * c * d + 2.0 * d * u
+    return tokens * per_token + voxels * 2.0 * (u * u + u * num_classes) + attn
 
 
 def bf16_peak(device_name: str) -> float | None:
@@ -214,29 +217,44 @@ def attention_timer(sync):
         attention_module.attention = original
 
 
+def _release_free_heap() -> None:
+    """Hand glibc's free heap memory back to the system, so that a following peak RSS counts what the next
+    call allocates, whichever call ran before (freed memory stays resident and would be reused unseen)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class Memory:
-    """Peak memory (MB) above the level at `start()`: CUDA allocator statistics, else the process's max RSS."""
+    """Peak memory (MB) above the level at `start()`. CUDA: the allocator's statistics. CPU: the peak resident
+    set (VmHWM), which start() resets through /proc/self/clear_refs (Linux >= 4.0) after releasing the free
+    heap; None where that fails."""
 
     def __init__(self, device: str):
         self.cuda = torch.device(device).type == "cuda"
 
-    def _now(self) -> float:
-        if self.cuda:
-            return torch.cuda.memory_allocated() / 2**20
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    @staticmethod
+    def _status_mb(field: str) -> float:
+        with open("/proc/self/status") as fh:
+            line = next(x for x in fh if x.startswith(field + ":"))
+        return int(line.split()[1]) / 1024  # kB
 
     def start(self) -> None:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        self.base = self._now()
+            self.base = torch.cuda.memory_allocated() / 2**20
+            return
+        _release_free_heap()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset the peak RSS to the current RSS
+            self.base = self._status_mb("VmRSS")
+        except OSError:
+            self.base = None
 
-    def peak(self) -> float:
+    def peak(self) -> float | None:
         if self.cuda:
-            top = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            top = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return max(top - self.base, 0.0)
+            return max(torch.cuda.max_memory_allocated() / 2**20 - self.base, 0.0)
+        return None if self.base is None else max(self._status_mb("VmHWM") - self.base, 0.0)
 
 
 def autocast(device: str):
@@ -247,18 +265,16 @@ def autocast(device: str):
 
 
 # --- measurements -------------------------------------------------------------------------------------------
-def measure_case(kind: str, impl: str, device: str, size: int, preset: str, reps: int) -> list[dict]:
-    """Forward and forward+backward rows of one (scene, implementation); fresh weights from seed 0."""
+def _setup(kind: str, device: str, size: int, preset: str) -> tuple[dict, VolumeTransformer]:
+    """The scene and a Volt model with fresh weights from seed 0 (both implementations share it)."""
     scene = make_scene(kind, size, device=device)
-    g, f, off = scene["grid_coord"], scene["feat"], scene["offset"]
     torch.manual_seed(0)
-    model = build_volt(preset, in_channels=SCENES[kind][2]).to(device)
-    net = model if impl == "volt" else ReferenceTokenizerVolt(model)
-    sync, cuda = sync_fn(device), torch.device(device).type == "cuda"
-    layout = patchify(g, off, model.patch)
-    tokens = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
-    flops = volt_flops(model, tokens, g.shape[0])
-    peak = bf16_peak(torch.cuda.get_device_name()) if cuda else None
+    return scene, build_volt(preset, in_channels=SCENES[kind][2]).to(device)
+
+
+def _steps(net: nn.Module, scene: dict, device: str):
+    """forward(n) (inference mode) and train(n) (forward, backward, zero grads) on the first n voxels."""
+    g, f, off = scene["grid_coord"], scene["feat"], scene["offset"]
 
     def forward(n=None):
         with torch.inference_mode(), autocast(device):
@@ -268,36 +284,59 @@ def measure_case(kind: str, impl: str, device: str, size: int, preset: str, reps
         with autocast(device):
             out = net(g[:n], f[:n], off if n is None else off.new_tensor([n]))
         out.float().square().mean().backward()
-        model.zero_grad(set_to_none=True)
+        net.zero_grad(set_to_none=True)
 
+    return forward, train
+
+
+def _nets(model: VolumeTransformer) -> dict[str, nn.Module]:
+    return {"volt": model, "reference tok": ReferenceTokenizerVolt(model)}
+
+
+def measure_scene(kind: str, device: str, size: int, preset: str, reps: int) -> list[dict]:
+    """Forward and forward+backward rows of both implementations on one scene. Their timed calls alternate, so
+    load changes on a shared machine hit both alike; peak memory gets one extra call per implementation."""
+    scene, model = _setup(kind, device, size, preset)
+    g, off = scene["grid_coord"], scene["offset"]
+    steps = {impl: _steps(net, scene, device) for impl, net in _nets(model).items()}
+    sync, cuda = sync_fn(device), torch.device(device).type == "cuda"
+    layout = patchify(g, off, model.patch)
+    tokens = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
+    flops = volt_flops(model, tokens, g.shape[0])
+    peak = bf16_peak(torch.cuda.get_device_name()) if cuda else None
     # Warm-up: the full scene on CUDA (kernels, cuBLAS); on the CPU a 10% slice, which warms the same code cheaply.
     warm = None if cuda else max(1, g.shape[0] // 10)
-    mem = Memory(device)
-    model.eval()
-    forward(warm)
-    mem.start()
-    if cuda:  # the attention share gets its own pass: syncing around every call would distort the timing
-        fwd = time_calls(forward, reps, sync)
-        with attention_timer(sync) as attn:
-            whole = time_calls(forward, 1, sync)[0]
-    else:  # nothing to sync on the CPU: the timed passes measure the share as well
-        with attention_timer(sync) as attn:
-            fwd = time_calls(forward, reps, sync)
-        whole = sum(fwd)
-    share = attn[0] / whole
-    fwd_peak = mem.peak()
-    model.train()
-    train(warm)
-    mem.start()
-    bwd = time_calls(train, reps, sync)
+    times = {(impl, phase): [] for impl in steps for phase in ("forward", "fwd+bwd")}
+    attn = dict.fromkeys(steps, 0.0)  # seconds spent in attention during the timed CPU forwards
+    share, peaks, mem = {}, {}, Memory(device)
+    for phase, index in (("forward", 0), ("fwd+bwd", 1)):
+        model.train(phase == "fwd+bwd")
+        for fns in steps.values():
+            fns[index](warm)
+        count = phase == "forward" and not cuda  # nothing to sync on the CPU: the timed passes give the share
+        for r in range(reps):  # alternate which implementation goes first (it meets a cold heap and caches)
+            for impl, fns in list(steps.items())[:: 1 if r % 2 == 0 else -1]:
+                with attention_timer(sync) if count else contextlib.nullcontext([0.0]) as spent:
+                    times[impl, phase] += time_calls(fns[index], 1, sync)
+                attn[impl] += spent[0]
+        # One more call each for the peak memory, and on CUDA for the attention share (syncing around every
+        # attention call would distort the timed passes).
+        for impl, fns in steps.items():
+            mem.start()
+            with attention_timer(sync) as spent:
+                whole = time_calls(fns[index], 1, sync)[0]
+            peaks[impl, phase] = mem.peak()
+            if phase == "forward":
+                share[impl] = spent[0] / whole if cuda else attn[impl] / sum(times[impl, phase])
     rows = []
-    for phase, times, peak_mb, mult in (("forward", fwd, fwd_peak, 1), ("fwd+bwd", bwd, mem.peak(), 3)):
-        med = statistics.median(times)
-        rows.append({"table": "model", "scene": kind, "impl": "volt" if impl == "volt" else "reference tok",
-                     "phase": phase, "voxels": g.shape[0], "tokens": sum(tokens), "ms": med * 1e3,
-                     "best_ms": min(times) * 1e3, "tok_per_s": sum(tokens) / med, "tflops": mult * flops / med / 1e12,
-                     "peak_mb": peak_mb, "attn_share": share if phase == "forward" else None,
-                     "mfu": mult * flops / med / peak if peak and phase == "fwd+bwd" else None})
+    for (impl, phase), ts in times.items():
+        med, mult = statistics.median(ts), 1 if phase == "forward" else 3
+        rows.append({"table": "model", "scene": kind, "impl": impl, "phase": phase, "voxels": g.shape[0],
+                     "tokens": sum(tokens), "ms": med * 1e3, "best_ms": min(ts) * 1e3, "tok_per_s": sum(tokens) / med,
+                     "tflops": mult * flops / med / 1e12, "peak_mb": peaks[impl, phase],
+                     "attn_share": share[impl] if phase == "forward" else None,
+                     "mfu": mult * flops / med / peak if peak and phase == "fwd+bwd" else None,
+                     "speedup": min(times["reference tok", phase]) / min(ts) if impl == "volt" else None})
     return rows
 
 
@@ -314,8 +353,8 @@ def tokenize_rows(kind: str, scene: dict, device: str, preset: str, reps: int) -
 
     def ours():
         layout = patchify(g, off, p)
-        groups = slot_groups(layout.slot, p**3)
-        return tok(f, layout.voxel2token, layout.num_tokens, groups), detok(z, layout.voxel2token, groups)
+        return (tok(f, layout.voxel2token, layout.slot, layout.num_tokens),
+                detok(z, layout.voxel2token, layout.slot))
 
     def reference():
         x, _, inverse, slot = reference_tokenize(g, off, f, tok.proj, p)
@@ -342,8 +381,8 @@ def tokenize_rows(kind: str, scene: dict, device: str, preset: str, reps: int) -
         for fn in fns.values():  # warm-up
             fn()
         times = {impl: [] for impl in fns}
-        for _ in range(reps):  # interleaved rounds: load changes on a shared machine hit both alike
-            for impl, fn in fns.items():
+        for r in range(reps):  # interleaved rounds, alternating the order: load changes hit both alike
+            for impl, fn in list(fns.items())[:: 1 if r % 2 == 0 else -1]:
                 times[impl] += time_calls(fn, 1, sync)
         for impl, ts in times.items():
             rows.append({"table": "tokenize", "scene": kind, "impl": impl, "phase": phase, "voxels": g.shape[0],
@@ -352,33 +391,14 @@ def tokenize_rows(kind: str, scene: dict, device: str, preset: str, reps: int) -
     return rows
 
 
-def _case_subprocess(kind: str, impl: str, size: int, preset: str, reps: int) -> list[dict]:
-    """measure_case in a fresh interpreter, so that its max RSS belongs to this case alone."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--case", kind, "--impl", impl, "--size", str(size),
-           "--preset", preset, "--reps", str(reps), "--threads", str(torch.get_num_threads())]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmark case failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def run(device: str = "cpu", quick: bool = False, scale: float | None = None, reps: int | None = None) -> list[dict]:
     """All rows of both tables (see the module docstring)."""
     cuda = torch.device(device).type == "cuda"
     preset = "volt-tiny" if quick else "volt-s"
-    if cuda:
-        def case(kind, impl, size, preset, reps):
-            return measure_case(kind, impl, device, size, preset, reps)
-    else:
-        case = _case_subprocess
     rows = []
     for kind, (size, _, _) in SCENES.items():
         factor = scale if scale is not None else QUICK_SCALE if quick else 1.0 if cuda else CPU_SCALE[kind]
-        for impl in ("volt", "reference"):
-            rows += case(kind, impl, int(size * factor), preset, reps or (1 if quick else 5 if cuda else 2))
-    for r in rows:
-        ref = next(x for x in rows if x["impl"] != "volt" and (x["scene"], x["phase"]) == (r["scene"], r["phase"]))
-        r["speedup"] = ref["best_ms"] / r["best_ms"] if r["impl"] == "volt" else None
+        rows += measure_scene(kind, device, int(size * factor), preset, reps or (1 if quick else 5 if cuda else 2))
     for kind, (size, _, _) in SCENES.items():
         scene = make_scene(kind, int(size * (QUICK_SCALE if quick else 1.0)), device=device)
         rows += tokenize_rows(kind, scene, device, preset, reps or (10 if cuda else 3))
@@ -436,16 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, help="scene size factor of the model table (default: CPU_SCALE, CUDA 1)")
     ap.add_argument("--reps", type=int, help="timed repetitions (model / tokenize: CPU 2 / 3, CUDA 5 / 10)")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--case", choices=sorted(SCENES), help=argparse.SUPPRESS)  # one measure_case, JSON out
-    ap.add_argument("--impl", choices=("volt", "reference"), help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--preset", default="volt-s", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.case:
-        print(json.dumps(measure_case(args.case, args.impl, args.device, args.size, args.preset, args.reps or 1)))
-        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
     print(describe(args.device))

@@ -22,7 +22,7 @@ from torch import nn
 from volt.models.attention import Attention
 from volt.models.layers import DropPath, LayerScale, Mlp, init_linear
 from volt.models.rope import AxialRoPE
-from volt.models.tokenizer import Detokenizer, SlotGroups, Tokenizer, slot_groups
+from volt.models.tokenizer import Detokenizer, Tokenizer
 from volt.ops.patchify import patchify
 
 PRESETS: dict[str, dict] = {
@@ -69,8 +69,8 @@ class Decoder(nn.Module):
         self.unembed = Detokenizer(channels, patch)
         self.post = nn.Sequential(_bn(channels), nn.GELU())
 
-    def forward(self, tokens: torch.Tensor, voxel2token: torch.Tensor, groups: SlotGroups) -> torch.Tensor:
-        return self.post(self.unembed(self.pre(tokens), voxel2token, groups))
+    def forward(self, tokens: torch.Tensor, voxel2token: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        return self.post(self.unembed(self.pre(tokens), voxel2token, slot))
 
 
 class VolumeTransformer(nn.Module):
@@ -121,12 +121,11 @@ class VolumeTransformer(nn.Module):
                 f"got {tuple(grid_coord.shape)} and {tuple(feat.shape)}"
             )
         layout = patchify(grid_coord, offset, patch_size=self.patch)
-        groups = slot_groups(layout.slot, self.patch**3)
-        x = self.tokenizer(feat, layout.voxel2token, layout.num_tokens, groups)  # (T, D)
+        x = self.tokenizer(feat, layout.voxel2token, layout.slot, layout.num_tokens)  # (T, D)
         rope = self.rope(layout.patch_coord)  # (cos, sin), each (T, Dh/2)
         for block in self.blocks:
             x = block(x, rope, layout.cu_seqlens, layout.max_seqlen)  # (T, D)
-        return self.decoder(x, layout.voxel2token, groups)  # (V, U)
+        return self.decoder(x, layout.voxel2token, layout.slot)  # (V, U)
 
 
 def build_volt(preset: str = "volt-s", in_channels: int = 6, **overrides) -> VolumeTransformer:
