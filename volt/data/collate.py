@@ -7,7 +7,9 @@ i.e. shifted by the sample's first row) and `origin_segment`; test fragments add
 unshifted: it indexes the scene's own points). Any other key is gathered into a list, one entry per sample.
 
 Mixing: with probability mix_prob per batch, consecutive samples are merged pairwise (0+1, 2+3, ...) by
-dropping every other offset boundary; rows are not reordered, so every point keeps its own label. Both
+dropping every other offset boundary; rows are not reordered, so every point keeps its own label. Samples
+tagged with a "grid_size" (joint training, volt.data.samplers.JointSample) are merged only with a partner of
+the same grid size: grid coordinates of a 2 cm and a 5 cm scene do not share a geometry. Both
 clouds keep their grid_coord (each relative to its own min corner), so two rows of a merged scene can
 share a voxel. Our rule (decision §5 item 5), chosen by `duplicates`:
 - "keep" (default, the reference's overlay): duplicates stay. The Volt tokenizer SUMS the features of
@@ -39,9 +41,23 @@ def _tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x)).to(dtype)
 
 
-def mix_offsets(offset: torch.Tensor) -> torch.Tensor:
-    """Merge consecutive samples pairwise: drop every other boundary (an odd last sample stays alone)."""
-    return torch.cat([offset[1:-1:2], offset[-1:]])
+def mix_offsets(offset: torch.Tensor, mixable: Sequence[bool] | None = None) -> torch.Tensor:
+    """Merge consecutive samples pairwise: drop every other boundary (an odd last sample stays alone).
+
+    `mixable[k]` False keeps pair (2k, 2k+1) apart."""
+    keep = torch.ones(offset.numel(), dtype=torch.bool)
+    pairs = offset.numel() // 2
+    merge = torch.ones(pairs, dtype=torch.bool) if mixable is None else torch.as_tensor(list(mixable), dtype=torch.bool)
+    keep[0:2 * pairs:2] = ~merge  # the end of sample 2k is the boundary a merge removes
+    return offset[keep]
+
+
+def mixable_pairs(samples: Sequence[dict[str, Any]]) -> list[bool] | None:
+    """Per pair (2k, 2k+1): may it be overlaid? Only samples of equal "grid_size" (None: no tags, all may)."""
+    if "grid_size" not in samples[0]:
+        return None
+    sizes = [float(s["grid_size"]) for s in samples]
+    return [sizes[2 * k] == sizes[2 * k + 1] for k in range(len(samples) // 2)]
 
 
 def drop_duplicate_voxels(batch: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +114,7 @@ def collate(samples: Sequence[dict[str, Any]], mix_prob: float = 0.0, rng: np.ra
         if rng is None:
             raise ValueError("mixing (mix_prob > 0) draws from a numpy Generator: pass rng (or use Collate(seed=...))")
         if rng.random() < mix_prob:
-            batch["offset"] = mix_offsets(offset)
+            batch["offset"] = mix_offsets(offset, mixable_pairs(samples))
             if duplicates == "drop":
                 batch = drop_duplicate_voxels(batch)
     return batch

@@ -3,6 +3,8 @@
 `build_loader(dataset, pipeline, batch_size=..., num_workers=..., seed=..., rank=..., world_size=...)` wraps
 the dataset so that item i is `pipeline(dataset[i])`, shards and shuffles it with a DistributedSampler
 (also for one process: same code path, shuffle order = f(seed, epoch)), and collates with `Collate`.
+Joint training passes a `batch_sampler` instead (volt.data.samplers: it shards by itself, so batch_size,
+shuffle and drop_last are then unused); `set_epoch` reaches it too.
 
 Seeding (spec §1.3: per-worker seed = seed + rank·num_workers + worker_id): every worker reseeds its copy
 of the pipeline and of the collate function from SeedSequence(seed + rank·num_workers + worker_id,
@@ -70,29 +72,34 @@ class WorkerSeeder:
 def build_loader(dataset: Any, pipeline: Callable[[dict[str, Any]], dict[str, Any]] | None = None, *,
                  batch_size: int = 1, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, mix_prob: float = 0.0, duplicates: str = "keep", rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False, epoch: int = 0) -> DataLoader:
+                 world_size: int = 1, pin_memory: bool = False, epoch: int = 0,
+                 batch_sampler: Any = None) -> DataLoader:
     """A DataLoader over `pipeline(dataset[i])` batches; see the module docstring for seeding."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} must lie in [0, world_size={world_size})")
     data = PipelineDataset(dataset, pipeline)
-    sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
     collate = Collate(mix_prob=mix_prob, duplicates=duplicates)
     seeder = WorkerSeeder(seed, rank, num_workers, collate, epoch)
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                        worker_init_fn=seeder if num_workers > 0 else None,
-                        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+    common = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": pin_memory,
+              "worker_init_fn": seeder if num_workers > 0 else None,
+              "generator": torch.Generator().manual_seed(seed), "persistent_workers": False}
+    if batch_sampler is not None:
+        loader = DataLoader(data, batch_sampler=batch_sampler, **common)
+    else:
+        sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+        loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+    loader.volt_seeder = seeder  # what set_epoch needs, whichever sampler the loader has
     set_epoch(loader, epoch)
     return loader
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Select the shuffle order and the augmentation streams of `epoch` (call before iterating)."""
-    loader.sampler.set_epoch(epoch)
-    seeder = loader.worker_init_fn
-    if seeder is not None:
-        seeder.epoch = epoch  # picked up when the workers start for this epoch
-    else:  # num_workers == 0: the main process is worker 0
-        collate = loader.collate_fn
-        WorkerSeeder(loader.sampler.seed, loader.sampler.rank, 0, collate, epoch).seed_worker(loader.dataset, 0)
+    for sampler in (loader.sampler, loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+    seeder = loader.volt_seeder
+    seeder.epoch = epoch  # picked up when the workers start for this epoch
+    if loader.num_workers == 0:  # the main process is worker 0
+        seeder.seed_worker(loader.dataset, 0)

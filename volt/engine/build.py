@@ -6,22 +6,26 @@
   `distill.config` (a YAML config) or else from the config stored in the checkpoint (or else the SpUNet
   defaults with the student's input channels); its output layout from the checkpoint's keys — a final conv
   with class logits (single-dataset teacher, e.g. a converted reference checkpoint) or feature backbone +
-  `seg_heads.<condition>` (our own teachers); the weights load strictly.
+  `seg_heads.<condition>` (a joint teacher: one SpUNet, one head per dataset); the weights load strictly.
+  `distill.checkpoints` ({condition: checkpoint}) gives per-dataset teachers instead (`TeacherSet`).
 - `build_segmentor(cfg, device)`: Segmentor with one head per dataset condition, the configured losses and
   the teacher; on `device`.
-- `build_loaders(cfg, info)`: (train loader, validation loader) of this rank (volt.data.loader + pipelines).
-  One trainer epoch repeats the data epochs // eval_epochs times (the reference's `loop`). Several datasets
-  (joint training) are concatenated, each through its own pipeline; dataset k contributes
-  round(len(first) · loop · ratio_k / ratio_0) samples per epoch, cycling through its scenes across epochs.
-  The global batch is split evenly over the ranks; validation uses the first dataset's val split.
+- `build_loaders(cfg, info)`: (train loader, validation loader(s)) of this rank (volt.data.loader + pipelines).
+  One trainer epoch repeats the data epochs // eval_epochs times (the reference's `loop`). Every dataset has
+  its own pipeline, grid size, label field and head (`JointSample`); dataset k contributes
+  round(main · ratio_k / ratio_0) samples per epoch with main = (data.epoch_samples or len(first)) · loop,
+  in the order of `data.sampling` (volt.data.samplers: ratio = mixed batches, round_robin = single-dataset
+  batches). The global batch is split evenly over the ranks. Validation: one dataset -> one loader (as
+  before); several -> `ValLoaders` {condition: loader} over `eval.datasets` (default all with a val split).
+- `test_views_for(ds, model_cfg, views)`: the precise-test fragments of a dataset, features placed as in training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +33,15 @@ from volt.config import Config, DatasetCfg, ModelCfg, config_from_dict, load_con
 from volt.data.dataset import SceneDataset
 from volt.data.loader import build_loader
 from volt.data.loader import set_epoch as set_loader_epoch
-from volt.data.pipelines import build_pipeline
+from volt.data.pipelines import build_pipeline, test_views
+from volt.data.samplers import (
+    Dispatch,
+    JointDataset,
+    JointSample,
+    RatioBatchSampler,
+    RoundRobinBatchSampler,
+    joint_counts,
+)
 from volt.engine.checkpoint import load_checkpoint, load_teacher
 from volt.errors import DataError
 from volt.models import ConditionHeads, Criteria, FrozenTeacher, Segmentor, SparseUNet, build_volt
@@ -73,21 +85,17 @@ def _head_classes(state: dict[str, torch.Tensor], prefix: str) -> dict[str, int]
             for k, v in state.items() if k.startswith(prefix) and k.endswith(".weight")}
 
 
-def build_teacher(cfg: Config) -> FrozenTeacher | None:
-    """The frozen teacher of `cfg.distill`, on the CPU (the segmentor moves it with itself); None if unset."""
-    path = cfg.distill.checkpoint
-    if not path:
-        return None
+def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> tuple[FrozenTeacher, dict[str, int]]:
+    """One frozen teacher from `path` covering the `student` conditions; (teacher, its classes per condition)."""
     ckpt = load_checkpoint(path)
     model_cfg = _teacher_config(cfg, ckpt.get("config") or {})
     state = ckpt["model"]
-    student = conditions(cfg)
     if "backbone.final.weight" in state:  # single-dataset teacher: the backbone's last conv gives the classes
         classes = int(state["backbone.final.weight"].shape[0])
         wrong = {c: n for c, n in student.items() if n != classes}
         if wrong:
             raise DataError(path, f"the teacher predicts {classes} classes but the student's conditions have {wrong}")
-        return load_teacher(path, build_backbone(model_cfg, classes))
+        return load_teacher(path, build_backbone(model_cfg, classes)), {c: classes for c in student}
     heads = _head_classes(state, "seg_heads.")
     if not heads:
         raise DataError(path, "the teacher checkpoint has neither 'backbone.final.*' nor 'seg_heads.*' keys")
@@ -96,7 +104,72 @@ def build_teacher(cfg: Config) -> FrozenTeacher | None:
     if missing:
         raise DataError(path, f"the teacher's heads {heads} do not cover the student's conditions {missing} "
                               "(same name and class count needed)")
-    return load_teacher(path, backbone, ConditionHeads(backbone.out_channels, heads))
+    return load_teacher(path, backbone, ConditionHeads(backbone.out_channels, heads)), dict(student)
+
+
+class TeacherBatch(NamedTuple):
+    """What `TeacherSet.run` keeps: the batch, for the per-condition teacher runs."""
+
+    grid_coord: torch.Tensor
+    feat: torch.Tensor
+    offset: torch.Tensor
+
+
+class TeacherSet(FrozenTeacher):
+    """Per-dataset teachers behind the FrozenTeacher interface the Segmentor uses.
+
+    Condition c's pseudo-labels come from teacher c, run (lazily, in `pseudo_labels`) on the scenes of the
+    batch that hold c's voxels — whole mixed scenes, as the reference's teacher sees the mixed batch — so a
+    round-robin batch runs one teacher and no voxel is ever labelled by another dataset's teacher.
+    """
+
+    def __init__(self, teachers: dict[str, FrozenTeacher], classes: dict[str, int]):
+        # No FrozenTeacher.__init__: there is no single model; freeze/_apply/to go through `modules()`.
+        self.teachers, self.classes = dict(teachers), dict(classes)
+        self.model = nn.ModuleList([t.model for t in self.teachers.values()])  # for `device`
+        self.condition_heads = None
+        self.freeze()
+
+    @property
+    def is_joint(self) -> bool:
+        return True  # the Segmentor then checks class counts through num_classes(condition)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for t in self.teachers.values() for m in t.modules()]
+
+    def num_classes(self, condition: str) -> int | None:
+        return self.classes[condition]
+
+    def run(self, grid_coord: torch.Tensor, feat: torch.Tensor, offset: torch.Tensor) -> TeacherBatch:
+        self.freeze()
+        return TeacherBatch(grid_coord, feat, offset)
+
+    def pseudo_labels(self, output: TeacherBatch, condition: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        if condition not in self.teachers:
+            raise KeyError(f"no teacher for condition {condition!r}; teachers: {list(self.teachers)}")
+        grid_coord, feat, offset = output
+        teacher = self.teachers[condition]
+        if index is None:
+            return teacher.pseudo_labels(teacher.run(grid_coord, feat, offset), condition)
+        counts = torch.diff(offset, prepend=offset.new_zeros(1))
+        scene = torch.repeat_interleave(torch.arange(counts.numel(), device=offset.device), counts)  # (V,)
+        chosen = torch.zeros(counts.numel(), dtype=torch.bool, device=offset.device)
+        chosen[scene[index]] = True
+        rows = chosen[scene]  # (V,) voxels of the scenes that hold this condition's voxels
+        position = torch.cumsum(rows.long(), 0) - 1  # voxel -> row of the sub-batch
+        out = teacher.run(grid_coord[rows], feat[rows], torch.cumsum(counts[chosen], 0))
+        return teacher.pseudo_labels(out, condition, position[index])
+
+
+def build_teacher(cfg: Config) -> FrozenTeacher | None:
+    """The frozen teacher(s) of `cfg.distill`, on the CPU (the segmentor moves them with itself); None if unset."""
+    student = conditions(cfg)
+    if cfg.distill.checkpoints:
+        loaded = {c: _load_teacher(cfg, cfg.distill.checkpoints[c], {c: n}) for c, n in student.items()}
+        return TeacherSet({c: t for c, (t, _) in loaded.items()}, {c: k[c] for c, (_, k) in loaded.items()})
+    if not cfg.distill.checkpoint:
+        return None
+    return _load_teacher(cfg, cfg.distill.checkpoint, student)[0]
 
 
 def build_segmentor(cfg: Config, device: torch.device | str = "cpu") -> Segmentor:
@@ -129,41 +202,21 @@ def scene_dataset(ds: DatasetCfg, split: str | list[str]) -> SceneDataset:
     return SceneDataset(ds.root, split, fields=[*FIELDS[ds.pipeline], ds.segment_field])
 
 
-class JointDataset:
-    """Training scenes of one epoch over several datasets, tagged with their dataset for `Dispatch`.
-
-    `counts[k]` entries belong to dataset k; entry j of dataset k in epoch e is its scene
-    (j + e·counts[k]) mod len(dataset k), so a dataset used below its size still visits all its scenes.
-    """
-
-    def __init__(self, datasets: list[SceneDataset], counts: list[int]):
-        self.datasets, self.counts = datasets, counts
-        self.starts = [sum(counts[:k]) for k in range(len(counts))]
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return sum(self.counts)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        k = max(i for i, s in enumerate(self.starts) if s <= index)
-        j = index - self.starts[k]
-        item = self.datasets[k][(j + self.epoch * self.counts[k]) % len(self.datasets[k])]
-        return {**item, "_dataset": k}
+def joint_sample(ds: DatasetCfg, model_cfg: ModelCfg, split: str) -> JointSample:
+    """The dataset's train/val pipeline, tagged with its grid size and its features placed in the model input."""
+    pipeline = build_pipeline(ds.pipeline, split, label=ds.segment_field, condition=ds.condition,
+                              grid_size=ds.grid_size)
+    return JointSample(pipeline, ds.grid_size, ds.feat_start, model_cfg.in_channels)
 
 
-class Dispatch:
-    """Pipeline of a joint item = its dataset's pipeline; `reseed` gives each pipeline its own child stream."""
-
-    def __init__(self, pipelines: list[Any]):
-        self.pipelines = pipelines
-
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        item = dict(item)
-        return self.pipelines[item.pop("_dataset")](item)
-
-    def reseed(self, seed: np.random.SeedSequence) -> None:
-        for pipeline, child in zip(self.pipelines, seed.spawn(len(self.pipelines))):
-            pipeline.reseed(child)
+def test_views_for(ds: DatasetCfg, model_cfg: ModelCfg,
+                   views: int | None = None) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
+    """scene -> precise-test fragments (the first `views` TTA views, all when None), placed as in training."""
+    pipeline = build_pipeline(ds.pipeline, "test", label=ds.segment_field, condition=ds.condition,
+                              grid_size=ds.grid_size)
+    pipeline.views = pipeline.views[:views] if views else pipeline.views
+    tag = JointSample(pipeline, ds.grid_size, ds.feat_start, model_cfg.in_channels)
+    return lambda scene: (tag.tag(fragment) for fragment in test_views(scene, pipeline))
 
 
 class EpochLoader:
@@ -184,35 +237,45 @@ class EpochLoader:
         return iter(self.loader)
 
 
+class ValLoaders(dict):
+    """{condition: EpochLoader} of a joint run: each dataset is validated with its own head and metrics."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.values():
+            loader.set_epoch(epoch)
+
+
 def duplicates_rule(cfg: Config) -> str:
     if cfg.data.duplicates != "auto":
         return cfg.data.duplicates
-    return "drop" if cfg.model.backbone == "spunet" or cfg.distill.checkpoint else "keep"
+    teacher = cfg.distill.checkpoint or cfg.distill.checkpoints
+    return "drop" if cfg.model.backbone == "spunet" or teacher else "keep"
 
 
 def build_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
-    """(train loader, val loader or None) of rank `info.rank` of `info.world_size`."""
+    """(train loader, val loader or ValLoaders or None) of rank `info.rank` of `info.world_size`."""
     d, t = cfg.data, cfg.train
     if d.batch_size % info.world_size:
         raise DataError(None, f"config key 'data.batch_size': {d.batch_size} does not split evenly over "
                               f"{info.world_size} ranks")
     loop = t.epochs // t.eval_epochs
     datasets = [scene_dataset(ds, ds.train_split) for ds in d.datasets]
-    pipelines = [build_pipeline(ds.pipeline, "train", label=ds.segment_field, condition=ds.condition,
-                                grid_size=ds.grid_size) for ds in d.datasets]
-    main = len(datasets[0]) * loop
-    counts = [main] + [round(main * ds.ratio / d.datasets[0].ratio) for ds in d.datasets[1:]]
+    counts = joint_counts((d.epoch_samples or len(datasets[0])) * loop, [ds.ratio for ds in d.datasets])
     shard = {"seed": t.seed, "rank": info.rank, "world_size": info.world_size, "num_workers": d.num_workers,
              "pin_memory": info.device.type == "cuda"}
+    sampler_cls = RoundRobinBatchSampler if d.sampling == "round_robin" else RatioBatchSampler
+    batches = sampler_cls(counts, d.batch_size, world_size=info.world_size, rank=info.rank, seed=t.seed)
     joint = JointDataset(datasets, counts)
-    train = EpochLoader(build_loader(joint, Dispatch(pipelines), batch_size=d.batch_size // info.world_size,
-                                     shuffle=True, drop_last=True, mix_prob=d.mix_prob,
+    pipelines = Dispatch([joint_sample(ds, cfg.model, "train") for ds in d.datasets])
+    train = EpochLoader(build_loader(joint, pipelines, batch_sampler=batches, mix_prob=d.mix_prob,
                                      duplicates=duplicates_rule(cfg), **shard), joint)
-    first = d.datasets[0]
-    if not cfg.eval.enabled or not (Path(first.root) / first.val_split).is_dir():
-        return train, None
-    val_pipeline = build_pipeline(first.pipeline, "val", label=first.segment_field, condition=first.condition,
-                                  grid_size=first.grid_size)
-    val = build_loader(scene_dataset(first, first.val_split), val_pipeline, batch_size=d.val_batch_size,
-                       shuffle=False, drop_last=False, mix_prob=0.0, **shard)
-    return train, EpochLoader(val)
+    wanted = cfg.eval.datasets or [ds.condition for ds in d.datasets]
+    val = ValLoaders()
+    for ds in d.datasets:
+        if cfg.eval.enabled and ds.condition in wanted and (Path(ds.root) / ds.val_split).is_dir():
+            loader = build_loader(scene_dataset(ds, ds.val_split), joint_sample(ds, cfg.model, "val"),
+                                  batch_size=d.val_batch_size, shuffle=False, drop_last=False, mix_prob=0.0, **shard)
+            val[ds.condition] = EpochLoader(loader)
+    if len(d.datasets) == 1:
+        return train, next(iter(val.values()), None)
+    return train, val or None
