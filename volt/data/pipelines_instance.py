@@ -1,0 +1,203 @@
+"""Data chains of the instance task (VOLT_SPEC.md §2 "Training recipe", "Val/test transform"): per-scene
+transforms that carry `instance` and `superpoint` through grid sampling, and the batch collation.
+
+- `scannet_instance_train(...)` / `scannet_instance_val(...)` -> Compose mapping a SceneDataset item (coord,
+  color, normal, the label field, instance, superpoint) to a sample with coord, grid_coord, feat, segment,
+  instance, superpoint (int64, one per voxel: grid sampling keeps the picked point's ids), condition, name;
+  val adds inverse (original point -> row), origin_segment and origin_instance (per original point).
+- `InstanceCollate(mix_prob, seed)`: `volt.data.collate.collate` (concatenation, Mix3D pairwise mixing with
+  probability mix_prob per batch; duplicates kept, the Volt overlay) plus `instance` / `superpoint` (V,)
+  int64 and `origin_instance`. Ids are made unique across the batch, so two mixed scenes never share an
+  instance or superpoint: superpoints become 0..S-1 in row order of appearance per sample plus the running
+  count; a row without a superpoint (-1) gets a superpoint of its own; instance ids >= 0 are shifted past
+  the previous samples' ids.
+- `build_instance_loader(dataset, pipeline, ...)`: volt.data.loader.build_loader with `InstanceCollate`.
+
+Train augmentation (spec §2, differing from semseg): RandomDropout 0.2 applied with p 0.5, z rotation p 0.95,
+x/y tilt ±π/24, scale 0.8-1.2, flip, jitter, RandomShift ±0.5 m, elastic, colour (translation ratio 0.1),
+the instance augmentations (volt.data.transforms_instance, `exclude_classes` removes stuff instances),
+GridSample, SphereCrop 60-100 % and a cap of `point_max` voxels. Val: no rotation (the reference's fixed
+0.35π val rotation is not reproduced: it only moves the scene).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from volt.data import transforms as T
+from volt.data import transforms_instance as I
+from volt.data.collate import collate
+from volt.data.loader import build_loader, set_epoch
+from volt.data.transforms import Compose, Sample
+from volt.errors import DataError
+
+INSTANCE_KEYS = ("instance", "superpoint")
+
+
+@dataclass
+class RandomShift:
+    """Translate the whole scene by U(−r, r) per axis (metres)."""
+
+    shift: Sequence[float] = (0.5, 0.5, 0.0)
+
+    def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
+        r = np.asarray(self.shift, np.float64)
+        data["coord"] = (data["coord"] + rng.uniform(-r, r)).astype(data["coord"].dtype)
+        return data
+
+
+@dataclass
+class CollectInstance:
+    """`Collect`, then instance and superpoint (int64, per row) and origin_instance (per original point) if present."""
+
+    collect: T.Collect
+
+    def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
+        out = self.collect(data, rng)
+        for k in (*INSTANCE_KEYS, "origin_instance"):
+            if k in data:
+                out[k] = np.asarray(data[k], np.int64)
+            elif k != "origin_instance":
+                raise DataError(data.get("name"), f"the instance task needs a '{k}' field (has {sorted(data)})")
+        return out
+
+
+def _fields(label: str) -> T.SelectFields:
+    return T.SelectFields(("coord", "color", "normal", label, *INSTANCE_KEYS), rename={label: "segment"})
+
+
+def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet", grid_size: float = 0.02,
+                           exclude_classes: Sequence[int] = (), point_max: int = 102400,
+                           seed: int | None = None) -> Compose:
+    inst = {"exclude_classes": tuple(exclude_classes)}
+    return Compose([
+        _fields(label),
+        T.CenterShift(apply_z=True),
+        T.RandomDropout(ratio=0.2, application_ratio=0.5),
+        T.RandomRotate(angle=(-1, 1), axis="z", center=(0, 0, 0), p=0.95),
+        T.RandomRotate(angle=(-1 / 24, 1 / 24), axis="x", p=0.5),
+        T.RandomRotate(angle=(-1 / 24, 1 / 24), axis="y", p=0.5),
+        T.RandomScale(scale=(0.8, 1.2)),
+        T.RandomFlip(p=0.5),
+        T.RandomJitter(sigma=0.005, clip=0.02),
+        RandomShift((0.5, 0.5, 0.0)),
+        T.ElasticDistortion(params=((0.2, 0.4), (0.8, 1.6)), p=0.95),
+        T.ChromaticAutoContrast(p=0.2, blend_factor=None),
+        T.ChromaticTranslation(p=0.95, ratio=0.1),
+        T.ChromaticJitter(p=0.95, std=0.05),
+        I.InstanceShift(p=0.2, shift_range=(0.1, 0.1, 0.1), **inst),
+        I.InstanceRotate(p=0.2, angle=(-0.25, 0.25), axis="z", **inst),
+        I.InstanceFlip(p=0.2, flip_prob=0.5, **inst),
+        I.InstanceScale(p=0.2, scale=(0.9, 1.1), **inst),
+        I.InstanceDropOut(p=0.1, drop_ratio=0.5, **inst),
+        I.InstanceColorDropout(p=0.2, drop_value=0, **inst),
+        I.SwapInstances(p=0.2, **inst),
+        T.GridSample(grid_size, mode="train"),
+        T.SphereCrop(sample_rate=0.6, mode="random"),
+        T.SphereCrop(point_max=point_max, mode="random"),
+        T.CenterShift(apply_z=False),
+        T.NormalizeColor(),
+        CollectInstance(T.Collect(feat_keys=("color", "normal"), condition=condition)),
+    ], seed=seed)
+
+
+def scannet_instance_val(label: str = "segment20", condition: str = "ScanNet", grid_size: float = 0.02,
+                         seed: int | None = 0) -> Compose:
+    """CenterShift(z) -> origin_* copies -> GridSample (one point per voxel, inverse kept) -> CenterShift(xy)."""
+    return Compose([
+        _fields(label),
+        T.CenterShift(apply_z=True),
+        T.Copy("segment", "origin_segment"),
+        T.Copy("instance", "origin_instance"),
+        T.GridSample(grid_size, mode="train", return_inverse=True),
+        T.CenterShift(apply_z=False),
+        T.NormalizeColor(),
+        CollectInstance(T.Collect(feat_keys=("color", "normal"), condition=condition)),
+    ], seed=seed)
+
+
+def _unique_ids(values: list[np.ndarray], singletons: bool) -> torch.Tensor:
+    """Concatenate per-sample id arrays with ids made unique across samples (see the module docstring)."""
+    out, base = [], 0
+    for v in values:
+        v = np.asarray(v, np.int64)
+        ids = np.full(len(v), -1, np.int64)
+        has = v >= 0
+        if has.any():
+            _, first, local = np.unique(v[has], return_index=True, return_inverse=True)
+            rank = np.empty(len(first), np.int64)
+            rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # order of first appearance
+            ids[has] = rank[local.reshape(-1)] + base
+            base += len(first)
+        if singletons and (~has).any():
+            ids[~has] = base + np.arange(int((~has).sum()))
+            base += int((~has).sum())
+        out.append(ids)
+    return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, dtype=torch.int64)
+
+
+def _shifted_instances(rows: list[np.ndarray], origin: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """instance (rows) and origin_instance (points; may be empty) with each sample's ids shifted past the
+    previous samples' ids."""
+    inst, orig, base = [], [], 0
+    for r, o in zip(rows, origin):
+        r, o = np.asarray(r, np.int64), np.asarray(o, np.int64)
+        inst.append(np.where(r >= 0, r + base, -1))
+        orig.append(np.where(o >= 0, o + base, -1))
+        top = max(int(r.max()) if r.size else -1, int(o.max()) if o.size else -1)
+        base += top + 1
+    return torch.from_numpy(np.concatenate(inst)), torch.from_numpy(np.concatenate(orig))
+
+
+def collate_instances(samples: Sequence[dict[str, Any]], mix_prob: float = 0.0,
+                      rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """`collate` + unique instance/superpoint ids (see the module docstring)."""
+    for s in samples:
+        missing = [k for k in INSTANCE_KEYS if k not in s]
+        if missing:
+            raise DataError(s.get("name"), f"instance sample without {missing}")
+    with_origin = ["origin_instance" in s for s in samples]
+    if any(with_origin) and not all(with_origin):
+        raise DataError(None, "some samples have 'origin_instance' and others not")
+    rest = [{k: v for k, v in s.items() if k not in (*INSTANCE_KEYS, "origin_instance")} for s in samples]
+    batch = collate(rest, mix_prob, rng, duplicates="keep")  # "drop" would desync the id rows
+    batch["superpoint"] = _unique_ids([s["superpoint"] for s in samples], singletons=True)
+    origin = [s.get("origin_instance", np.zeros(0, np.int64)) for s in samples]
+    batch["instance"], orig = _shifted_instances([s["instance"] for s in samples], origin)
+    if all(with_origin):
+        batch["origin_instance"] = orig
+    return batch
+
+
+class InstanceCollate:
+    """`collate_instances` with its own generator (reseeded per worker by volt.data.loader)."""
+
+    def __init__(self, mix_prob: float = 0.0, seed: int | None = None):
+        self.mix_prob = mix_prob
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int | np.random.SeedSequence) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate_instances(samples, self.mix_prob, self.rng)
+
+
+def build_instance_loader(dataset: Any, pipeline: Any, *, batch_size: int = 1, num_workers: int = 0, seed: int = 0,
+                          shuffle: bool = True, drop_last: bool = False, mix_prob: float = 0.0, rank: int = 0,
+                          world_size: int = 1, pin_memory: bool = False, epoch: int = 0) -> DataLoader:
+    """volt.data.loader.build_loader (same sharding and seeding) with `InstanceCollate` as its collate."""
+    loader = build_loader(dataset, pipeline, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                          shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
+                          pin_memory=pin_memory, epoch=epoch)
+    coll = InstanceCollate(mix_prob)
+    loader.collate_fn = coll  # the workers and the seeder (which reseeds the collate per worker) use this one
+    loader.volt_seeder.collate = coll
+    set_epoch(loader, epoch)
+    return loader
