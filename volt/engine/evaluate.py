@@ -187,9 +187,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def _predict_scene(model, fragments: Iterator[Fragment], num_raw: int, name: str,
-                   **kw) -> tuple[np.ndarray, int, np.ndarray | None]:
-    """(labels per raw point, fragments run, origin_segment of the fragments or None)."""
+def scene_probabilities(model, fragments: Iterator[Fragment], num_raw: int, name: str,
+                        **kw) -> tuple[Tensor, np.ndarray | None, int, np.ndarray | None]:
+    """Summed softmax of one scene's fragments: (probs (num_points, C), origin_inverse (num_raw,) or None,
+    fragments run, origin_segment of the fragments or None). Raw point p's row is origin_inverse[p]."""
     first = next(fragments, None)
     if first is None:
         raise DataError(None, f"scene {name}: the test views yielded no fragment")
@@ -207,8 +208,15 @@ def _predict_scene(model, fragments: Iterator[Fragment], num_raw: int, name: str
     if uncovered.numel():
         raise DataError(None, f"scene {name}: {uncovered.numel()} of {num_points} points are in no fragment "
                               f"(first: {int(uncovered[0])}); the test views must cover every point")
+    return probs, inverse, count, first.get("origin_segment")
+
+
+def _predict_scene(model, fragments: Iterator[Fragment], num_raw: int, name: str,
+                   **kw) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """(labels per raw point, fragments run, origin_segment of the fragments or None)."""
+    probs, inverse, count, origin_segment = scene_probabilities(model, fragments, num_raw, name, **kw)
     pred = probs.argmax(1).cpu().numpy()
-    return (pred[inverse] if inverse is not None else pred), count, first.get("origin_segment")
+    return (pred[inverse] if inverse is not None else pred), count, origin_segment
 
 
 @dataclass
