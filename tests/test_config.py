@@ -133,7 +133,7 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == cfg  # every key is written, so the file alone reproduces the run
     assert config_from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
     assert config_from_dict(to_dict(cfg)) == cfg  # as stored in checkpoints
-    assert set(yaml.safe_load(path.read_text())) == {"model", "distill", "data", "train", "eval"}
+    assert set(yaml.safe_load(path.read_text())) == {"task", "model", "distill", "data", "train", "eval", "instance"}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -141,7 +141,7 @@ def test_presets_load_strictly(path):
     cfg = load_config(path)
     assert cfg.data.datasets and isinstance(cfg.data.datasets[0], DatasetCfg)
     raw = yaml.safe_load(path.read_text())
-    assert set(raw) <= {"model", "distill", "data", "train", "eval"}
+    assert set(raw) <= {"task", "model", "distill", "data", "train", "eval", "instance"}
 
 
 def test_presets_follow_the_spec():

@@ -19,12 +19,12 @@ Sections live in SECTIONS (name -> function(args)); new benchmarks plug in by na
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import importlib.util
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 # Waiting OpenMP threads sleep instead of spinning (unless the caller chose otherwise): on a shared
 # machine a spinning thread holds the core its busy team-mate needs, and every multi-threaded row (volt's

@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from volt.data import SceneDataset  # noqa: E402
-from volt.data.pipelines import build_pipeline  # noqa: E402
+from volt.data import SceneDataset
+from volt.data.pipelines import build_pipeline
 
 CHAINS = (("scannet", "train"), ("scannet", "val"), ("nuscenes", "train"))
 

@@ -10,8 +10,11 @@ Stages (a finished stage is skipped on a rerun; --overwrite redoes everything):
 2. teacher: `fit(configs/demo_teacher.yaml)`, a small SpUNet on the indoor train rooms -> <out>/runs/teacher.
 3. volt: `fit(configs/demo_volt.yaml)`, Volt-tiny distilled from the teacher's best.pt -> <out>/runs/volt.
 4. test: `precise_test` (test-mode fragments x TTA views, VOLT_SPEC.md §1.6) of Volt's best.pt on the held-out
-   val rooms: per-class table, <out>/runs/volt/test_val/metrics.json (+ per-scene predictions, reused on a rerun).
-5. outdoor: `fit(configs/demo_nuscenes_volt.yaml)` (Volt-tiny on the nuScenes-format sweeps, no teacher) and
+   val rooms: per-class table, <out>/runs/volt/test_val/metrics.json (+ per-scene predictions, reused on a rerun),
+   pictures and a 3D viewer page of the first val room, IoU/confusion/curve charts -> <out>/runs/volt/pictures/.
+5. instance: tools/demo_instance.py fine-tunes Volt's best.pt with an SPFormer-style head on the train rooms
+   (one instance per object) and scores held-out AP/AP50/AP25 -> <out>/runs/instance.
+6. outdoor: `fit(configs/demo_nuscenes_volt.yaml)` (Volt-tiny on the nuScenes-format sweeps, no teacher) and
    its precise test -> <out>/runs/nuscenes_volt.
 A summary of the scores and the folders goes to <out>/summary.json. Comparing with Volt trained without the
 teacher: `python tools/train.py configs/demo_volt_nodistill.yaml` then `python tools/test.py --ckpt ...`.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import shutil
 import sys
@@ -43,6 +47,7 @@ from volt.engine.evaluate import precise_test
 from volt.engine.report import format_table, save_json
 from volt.engine.threads import cpu_threads
 from volt.engine.trainer import fit
+from volt.viz.pictures import demo_pictures
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # --quick: 2 short epochs (one pass over the data each) and one TTA view; every stage still runs.
@@ -112,8 +117,14 @@ def run_test(cfg: Config, run_dir: Path, views: int | None) -> dict:
     print(format_table(result.metrics, title=f"{ds.condition} {ds.val_split}: precise test of {ckpt_path} "
                                              f"({len(pipeline.views)} TTA views)"))
     print(f"  metrics: {path}")
+    first = result.scenes[0]["name"]
+    pictures = demo_pictures(run_dir, Path(ds.root) / ds.val_split / first, out / f"{first}_pred.npy", path,
+                             run_dir / "pictures")
+    for picture in pictures:
+        print(f"  picture: {picture}")
     m = result.metrics
-    return {"mIoU": m.miou, "mIoU_present": m.miou_present, "allAcc": m.allacc, "metrics": str(path)}
+    return {"mIoU": m.miou, "mIoU_present": m.miou_present, "allAcc": m.allacc, "metrics": str(path),
+            "pictures": [str(p) for p in pictures]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,28 +146,35 @@ def main(argv: list[str] | None = None) -> int:
     quick = QUICK if args.quick else []
     start, summary = time.time(), {}
 
-    print(f"[1/5] data: synthetic raw scans -> real preprocessors -> {processed}")
+    print(f"[1/6] data: synthetic raw scans -> real preprocessors -> {processed}")
     failed = prepare_data(raw, processed, args.seed, args.overwrite)
 
-    print("[2/5] teacher: SpUNet on the indoor train rooms")
+    print("[2/6] teacher: SpUNet on the indoor train rooms")
     indoor = [f"data.datasets.0.root={processed / 'scannet'}", *quick]
     _, teacher_dir, best, retrained = train("demo_teacher", [*indoor, f"train.out_dir={runs / 'teacher'}"],
                                             args.overwrite)
     summary["teacher"] = {"run": str(teacher_dir), "best_val_mIoU": best}
 
-    print("[3/5] volt: Volt-tiny distilled from the teacher")
-    volt_cfg, volt_dir, best, _ = train("demo_volt", [*indoor, f"train.out_dir={runs / 'volt'}",
+    print("[3/6] volt: Volt-tiny distilled from the teacher")
+    volt_cfg, volt_dir, best, volt_retrained = train("demo_volt", [*indoor, f"train.out_dir={runs / 'volt'}",
                                                       f"distill.checkpoint={teacher_dir / 'best.pt'}"],
                                         args.overwrite or retrained)  # a new teacher means a new student
     summary["volt"] = {"run": str(volt_dir), "best_val_mIoU": best}
 
-    print("[4/5] test: Volt on the held-out rooms (fragments x TTA views)")
+    print("[4/6] test: Volt on the held-out rooms (fragments x TTA views)")
     summary["volt"]["precise_test"] = run_test(volt_cfg, volt_dir, views)
 
+    print("[5/6] instance: the distilled Volt fine-tuned as an instance segmenter (SPFormer-style head)")
+    spec = importlib.util.spec_from_file_location("demo_instance", Path(__file__).with_name("demo_instance.py"))
+    demo_instance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_instance)
+    summary["instance"] = demo_instance.instance_stage(processed, runs, volt_dir / "best.pt", args.quick,
+                                                       args.overwrite or volt_retrained)
+
     if args.no_outdoor:
-        print("[5/5] outdoor: skipped (--no-outdoor); its data is preprocessed in", processed / "nuscenes")
+        print("[6/6] outdoor: skipped (--no-outdoor); its data is preprocessed in", processed / "nuscenes")
     else:
-        print("[5/5] outdoor: Volt-tiny on the nuScenes-format sweeps, then its precise test")
+        print("[6/6] outdoor: Volt-tiny on the nuScenes-format sweeps, then its precise test")
         outdoor = [f"data.datasets.0.root={processed / 'nuscenes'}", f"train.out_dir={runs / 'nuscenes_volt'}",
                    *quick]
         cfg, run_dir, best, _ = train("demo_nuscenes_volt", outdoor, args.overwrite)
@@ -168,11 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndone in {summary['seconds']:.0f} s. Written under {out}:")
     print(f"  raw scans {raw}, processed scenes {processed}, summary {out / 'summary.json'}")
     for name, rec in summary.items():
-        if isinstance(rec, dict):  # scores in percent, as in the tables
+        if isinstance(rec, dict) and "best_val_mIoU" in rec:  # scores in percent, as in the tables
             score = rec.get("precise_test")
             tested = (f"; precise test mIoU {100 * score['mIoU']:.1f} (present classes "
                       f"{100 * score['mIoU_present']:.1f}), allAcc {100 * score['allAcc']:.1f}" if score else "")
             print(f"  {name:13s} {rec['run']}: best val mIoU {100 * rec['best_val_mIoU']:.1f}{tested}")
+    inst = summary["instance"]
+    print(f"  {'instance':13s} {inst['run']}: held-out AP {100 * inst['AP']:.1f}, AP50 {100 * inst['AP50']:.1f}, "
+          f"AP25 {100 * inst['AP25']:.1f}")
+    for picture in summary["volt"]["precise_test"]["pictures"]:
+        print(f"  picture: {picture}")
     return failed
 
 

@@ -17,9 +17,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from volt.data.nuscenes import prepare_nuscenes, prepare_sweep  # noqa: E402
-from volt.data.nuscenes_splits import VERSIONS  # noqa: E402
-from volt.errors import DataError  # noqa: E402
+from volt.data.nuscenes import prepare_nuscenes, prepare_sweep
+from volt.data.nuscenes_splits import VERSIONS
+from volt.errors import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

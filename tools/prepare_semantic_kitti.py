@@ -17,8 +17,8 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from volt.data.semantic_kitti import prepare_semantic_kitti  # noqa: E402
-from volt.errors import DataError  # noqa: E402
+from volt.data.semantic_kitti import prepare_semantic_kitti
+from volt.errors import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

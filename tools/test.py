@@ -3,19 +3,26 @@
 Example (from the repository root):
     python tools/test.py --ckpt outputs/run/best.pt --split val --out outputs/run/test_val
     python tools/test.py --config configs/volt_s_scannet.yaml --ckpt best.pt --split test --submission
+    python tools/test.py --ckpt outputs/joint_indoor/best.pt --dataset all     # a joint run: every dataset
 
 The config defaults to the one stored in the checkpoint; trailing `key=value` overrides apply on top
 (e.g. data.datasets.0.root=/data/scannet). The EMA weights are used when the checkpoint has them (they are
 what validation chose best.pt by); --no-ema takes the raw weights. Writes to --out: `{scene}_pred.npy`
 per scene (reused on a rerun unless --no-cache), `metrics.json` (per-class rows + per-scene records) and,
 with --submission, `submit/` (ScanNet: `<scene>.txt` with raw class ids; nuScenes: lidarseg .bin files and
-submission.json). Prints the per-class table. Exit code 0 on success, 2 on unusable inputs.
+submission.json). Prints the per-class table. A joint checkpoint has one head per dataset: --dataset picks one
+(condition name or index) or `all`, each tested with its own head, chain, grid and class names, into
+<out>/<condition>/, followed by a table with one row per dataset (also in <out>/datasets.json, or without
+--out in <ckpt folder>/test_datasets_<split>.json). An instance checkpoint (config task: instance) is scored
+with the ScanNet instance AP (AP, AP50, AP25, per class) into <out>/metrics.json (+ submit/ with --submission).
+Exit code 0 on success, 2 on unusable inputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -26,13 +33,12 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import torch
 
-from volt.config import Config, DistillCfg, apply_overrides, check_config, config_from_dict, load_config
+from volt.config import Config, DatasetCfg, DistillCfg, apply_overrides, check_config, config_from_dict, load_config
 from volt.data.dataset import SceneDataset
 from volt.data.nuscenes import CLASS_NAMES_16
-from volt.data.pipelines import build_pipeline, test_views
 from volt.data.scannet_classes import CLASS_NAMES_20, CLASS_NAMES_200
 from volt.engine import report, submission
-from volt.engine.build import build_segmentor, class_names
+from volt.engine.build import build_segmentor, class_names, test_views_for
 from volt.engine.checkpoint import load_checkpoint, load_state_strict
 from volt.engine.evaluate import precise_test
 from volt.errors import DataError
@@ -60,12 +66,65 @@ def _submission_writer(pipeline: str, num_classes: int, split: str, root: Path):
     raise DataError(None, f"no submission format for pipeline {pipeline!r} (scannet, scannet200, nuscenes)")
 
 
+def _datasets(cfg: Config, choice: str) -> list[DatasetCfg]:
+    datasets = cfg.data.datasets
+    by_name = {d.condition: d for d in datasets}
+    if choice == "all":
+        return list(datasets)
+    if choice in by_name:
+        return [by_name[choice]]
+    if choice.isdigit() and int(choice) < len(datasets):
+        return [datasets[int(choice)]]
+    raise DataError(None, f"--dataset {choice!r} is neither 'all', an index nor one of {list(by_name)}")
+
+
+def _test_dataset(args: argparse.Namespace, cfg: Config, ds: DatasetCfg, model, out: Path, split: str,
+                  device: torch.device, amp: str, use_ema: bool) -> dict | None:
+    """Precise test of one dataset with its own head; its summary scores (None without labels)."""
+    scenes = SceneDataset(ds.root, split)
+    on_scene = _submission_writer(ds.pipeline, ds.num_classes, split, out / "submit") if args.submission else None
+    # Names from the processed data's meta.json, else the benchmark's own table.
+    names = class_names(ds) or KNOWN_NAMES.get((ds.pipeline, ds.num_classes))
+    print(f"testing {args.ckpt} ({'EMA' if use_ema else 'raw'} weights) on {ds.condition} {split}: "
+          f"{len(scenes)} scenes, device {device}, amp {amp}, output {out}")
+    result = precise_test(
+        model, scenes, test_views_for(ds, cfg.model, args.views), ds.num_classes, device=device, amp_dtype=AMP[amp],
+        condition=ds.condition, class_names=names, out_dir=out, reuse_cached=not args.no_cache,
+        fragment_batch=args.fragment_batch, label_key=ds.segment_field, on_scene=on_scene, log=print,
+    )
+    settings = {"checkpoint": str(args.ckpt), "weights": "ema" if use_ema else "model", "dataset": ds.condition,
+                "split": split, "amp": amp, "device": str(device), "views": args.views or "all"}
+    path = report.save_json(out / "metrics.json", result.metrics, **settings, scenes=result.scenes)
+    if result.metrics is not None:
+        print(report.format_table(result.metrics, title=f"{ds.condition} {split} (precise test)"))
+    else:
+        print("no ground-truth labels in this split: predictions only")
+    print(f"wrote {path}" + (f" and {out / 'submit'}" if args.submission else ""))
+    m = result.metrics
+    return None if m is None else {"mIoU": m.miou, "mIoU_present": m.miou_present, "mAcc": m.macc,
+                                   "allAcc": m.allacc, "classes": ds.num_classes, "split": split}
+
+
+def dataset_table(rows: dict[str, dict | None]) -> str:
+    """One row per dataset (percentages)."""
+    lines = [f"{'dataset':<16} {'split':<8} {'classes':>7} {'mIoU':>7} {'mIoU present':>12} {'mAcc':>7} {'allAcc':>7}"]
+    lines.append("-" * len(lines[0]))
+    for name, r in rows.items():
+        if r is None:
+            lines.append(f"{name:<16} (no labels)")
+            continue
+        lines.append(f"{name:<16} {r['split']:<8} {r['classes']:>7} {100 * r['mIoU']:>7.2f} "
+                     f"{100 * r['mIoU_present']:>12.2f} {100 * r['mAcc']:>7.2f} {100 * r['allAcc']:>7.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, required=True, help="checkpoint (our format)")
     ap.add_argument("--config", type=Path, help="config YAML (default: the config stored in the checkpoint)")
-    ap.add_argument("--dataset", default="0", help="which configured dataset: condition name or index (default 0)")
-    ap.add_argument("--split", help="split folder to test (default: the dataset's val_split)")
+    ap.add_argument("--dataset", default="0", help="which configured dataset: condition name, index or 'all' "
+                                                   "(default 0)")
+    ap.add_argument("--split", help="split folder to test (default: each dataset's val_split)")
     ap.add_argument("--out", type=Path, help="output folder (default: <ckpt folder>/test_<split>)")
     ap.add_argument("--submission", action="store_true", help="also write benchmark submission files")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -73,60 +132,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     ap.add_argument("--no-cache", action="store_true", help="recompute scenes that have a saved prediction")
     ap.add_argument("--fragment-batch", type=int, default=1, help="fragments per forward pass (default 1)")
+    ap.add_argument("--views", type=int, help="use the first N TTA views (default: all)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = ap.parse_args(argv)
 
     try:
         ckpt = load_checkpoint(args.ckpt)
         cfg = _config(args, ckpt)
-        datasets = cfg.data.datasets
-        by_name = {d.condition: d for d in datasets}
-        if args.dataset in by_name:
-            ds = by_name[args.dataset]
-        elif args.dataset.isdigit() and int(args.dataset) < len(datasets):
-            ds = datasets[int(args.dataset)]
-        else:
-            raise DataError(None, f"--dataset {args.dataset!r} is neither an index nor one of {list(by_name)}")
-        split = args.split or ds.val_split
-        out = args.out or args.ckpt.parent / f"test_{split}"
+        if cfg.task == "instance":  # masks scored with the ScanNet instance AP at point level
+            from volt.engine.instance_test import run_instance_test
+
+            split = args.split or cfg.data.datasets[0].val_split
+            result = run_instance_test(cfg, args.ckpt, args.out or args.ckpt.parent / f"test_{split}", split=split,
+                                       device=args.device, submission=args.submission, use_ema=not args.no_ema)
+            print(f"AP {100 * result['AP']:.1f}  AP50 {100 * result['AP50']:.1f}  AP25 {100 * result['AP25']:.1f}; "
+                  f"wrote {result['metrics']}")
+            return 0
+        chosen = _datasets(cfg, args.dataset)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise DataError(None, "--device cuda was asked for but torch sees no CUDA device")
         device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
         amp = args.amp if args.amp != "auto" else (cfg.train.amp_dtype if cfg.train.amp and device.type == "cuda"
                                                     else "off")
-
         # No teacher at test time; a distilled checkpoint's distill heads are simply not used.
         model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)
         use_ema = "ema" in ckpt and not args.no_ema
         load_state_strict(model, ckpt["ema"] if use_ema else ckpt["model"], ignore_unexpected=("distill_heads.",),
                           source=args.ckpt)
-        scenes = SceneDataset(ds.root, split)
-        pipeline = build_pipeline(ds.pipeline, "test", label=ds.segment_field, condition=ds.condition,
-                                  grid_size=ds.grid_size)
-        on_scene = None
-        if args.submission:
-            on_scene = _submission_writer(ds.pipeline, ds.num_classes, split, out / "submit")
+        rows: dict[str, dict | None] = {}
+        for ds in chosen:
+            split = args.split or ds.val_split
+            out = args.out or args.ckpt.parent / f"test_{split}"
+            out = out / ds.condition if len(chosen) > 1 else out
+            rows[ds.condition] = _test_dataset(args, cfg, ds, model, out, split, device, amp, use_ema)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    # Names from the processed data's meta.json, else the benchmark's own table.
-    names = class_names(ds) or KNOWN_NAMES.get((ds.pipeline, ds.num_classes))
-    print(f"testing {args.ckpt} ({'EMA' if use_ema else 'raw'} weights) on {ds.condition} {split}: "
-          f"{len(scenes)} scenes, device {device}, amp {amp}, output {out}")
-    result = precise_test(
-        model, scenes, lambda scene: test_views(scene, pipeline), ds.num_classes, device=device, amp_dtype=AMP[amp],
-        condition=ds.condition, class_names=names, out_dir=out, reuse_cached=not args.no_cache,
-        fragment_batch=args.fragment_batch, label_key=ds.segment_field, on_scene=on_scene, log=print,
-    )
-    settings = {"checkpoint": str(args.ckpt), "weights": "ema" if use_ema else "model", "dataset": ds.condition,
-                "split": split, "amp": amp, "device": str(device)}
-    path = report.save_json(out / "metrics.json", result.metrics, **settings, scenes=result.scenes)
-    if result.metrics is not None:
-        print(report.format_table(result.metrics, title=f"{ds.condition} {split} (precise test)"))
-    else:
-        print("no ground-truth labels in this split: predictions only")
-    print(f"wrote {path}" + (f" and {out / 'submit'}" if args.submission else ""))
+    if len(chosen) > 1:
+        path = args.out / "datasets.json" if args.out else args.ckpt.parent / f"test_datasets_{args.split or 'val'}.json"
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"\n{args.ckpt}: precise test per dataset (each with its own head)\n" + dataset_table(rows))
     return 0
 
 

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         result = fit(cfg)
     finally:
         cleanup()
-    best = f"{result.best} (mIoU {result.best_metric:.4f})" if result.best else "none (no validation ran)"
+    metric = "AP50" if cfg.task == "instance" else "mIoU"
+    best = f"{result.best} ({metric} {result.best_metric:.4f})" if result.best else "none (no validation ran)"
     print(f"done: {result.steps} steps in {result.run_dir}; last {result.last}; best {best}")
     return 0
 

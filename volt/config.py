@@ -56,6 +56,8 @@ class DistillCfg:
     checkpoint: str = ""  # teacher checkpoint (our format); empty = no distillation
     config: str = ""  # teacher config YAML; empty = the config stored in the checkpoint
     weight: float = 0.5  # loss = (1 - w)·GT + w·distill, per condition
+    # Per-dataset teachers {condition: checkpoint}, every condition covered; instead of `checkpoint`.
+    checkpoints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,11 +71,14 @@ class DatasetCfg:
     num_classes: int = 20
     grid_size: float = 0.02  # metres; 0.05 outdoors
     ratio: float = 1.0  # joint training: relative number of samples per epoch
+    # Joint training with other input features: this dataset's features fill channels
+    # [feat_start, feat_start + C) of model.in_channels, the others are zero (volt.data.samplers.JointSample).
+    feat_start: int = 0
 
 
 @dataclass
 class DataCfg:
-    datasets: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg()])  # validation uses the first
+    datasets: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg()])  # one head each
     batch_size: int = 16  # global: split evenly over the DDP ranks
     val_batch_size: int = 1  # per rank
     num_workers: int = 4  # per rank
@@ -81,6 +86,10 @@ class DataCfg:
     # Voxels two mixed scenes share: keep (the reference's overlay) | drop (first wins; sparse convolutions
     # need unique voxels) | auto (drop when the backbone or the teacher is a SpUNet, else keep).
     duplicates: str = "auto"
+    # Joint training (VOLT_SPEC.md §1.8): ratio = shuffled batches mixing datasets | round_robin = every
+    # batch from one dataset, datasets taking turns in proportion to their ratios.
+    sampling: str = "ratio"
+    epoch_samples: int = 0  # samples of the first dataset per data pass; 0 = its size (reference)
 
 
 @dataclass
@@ -115,15 +124,45 @@ class EvalCfg:
     enabled: bool = True  # quick voxel-level validation of the EMA model after each cycle
     every: int = 1  # validate every N evaluation cycles (and always after the last)
     max_scenes: int | None = None  # validate on the first N scenes only (smoke runs)
+    datasets: list[str] = field(default_factory=list)  # conditions to validate; empty = all (best.pt: mean mIoU)
+
+
+@dataclass
+class InstanceCfg:
+    """The SPFormer-style instance head and its fine-tuning (VOLT_SPEC.md §2); used when task is "instance"."""
+
+    init_checkpoint: str = ""  # semantic checkpoint whose backbone.* keys ALL load (strict); empty = from scratch
+    init_weights: str = "auto"  # auto (EMA weights when the checkpoint has them) | ema | model
+    stuff_classes: list[int] = field(default_factory=lambda: [0, 1])  # no instances of these (wall, floor)
+    aug_exclude_stuff: bool = False  # instance augmentations skip stuff instances (reference: they move too)
+    precise_bn_batches: int = 0  # before each validation, BN statistics recomputed over this many train batches
+    num_queries: int = 400
+    d_model: int = 384
+    num_heads: int = 8
+    ffn_dim: int = 1024
+    num_layers: int = 6
+    aux_loss: bool = True  # the loss after every layer (re-matched per layer), not only the last
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"class": 0.2, "bce": 1.0, "dice": 1.0})
+    cost_weights: dict[str, float] = field(default_factory=lambda: {"class": 0.5, "bce": 1.0, "dice": 1.0})
+    no_object_weight: float = 0.1
+    label_smoothing: float = 0.05
+    topk: int = 100  # inference: best (query, class) pairs kept before matrix NMS
+    mask_thresh: float = 0.55  # superpoint in the mask when sigmoid > this
+    score_thresh: float = 0.0
+    npoint_thresh: int = 100  # drop predicted masks of <= this many points
+    schedule: str = "poly"  # poly (lr·(1 - step/total)^power, the reference) | onecycle (the semantic schedule)
+    poly_power: float = 0.9
 
 
 @dataclass
 class Config:
+    task: str = "semantic"  # semantic | instance
     model: ModelCfg = field(default_factory=ModelCfg)
     distill: DistillCfg = field(default_factory=DistillCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    instance: InstanceCfg = field(default_factory=InstanceCfg)
 
 
 # --- conversion -------------------------------------------------------------------------------------------
@@ -277,6 +316,10 @@ _CHOICES = {
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.duplicates": ("auto", "keep", "drop"),
+    "task": ("semantic", "instance"),
+    "instance.init_weights": ("auto", "ema", "model"),
+    "instance.schedule": ("poly", "onecycle"),
+    "data.sampling": ("ratio", "round_robin"),
 }
 
 
@@ -310,6 +353,28 @@ def check_config(cfg: Config, source: str | os.PathLike | None = None) -> None:
         raise _fail(source, "data.datasets", f"condition names must be unique, got {names}")
     if not 0.0 <= cfg.data.mix_prob <= 1.0:
         raise _fail(source, "data.mix_prob", f"must be in [0, 1], got {cfg.data.mix_prob}")
+    _check_joint(cfg, names, source)
+
+
+def _check_joint(cfg: Config, names: list[str], source: Any) -> None:
+    """Joint-training keys: ratios, feature slots, evaluated conditions and per-dataset teachers."""
+    for i, d in enumerate(cfg.data.datasets):
+        if not d.ratio > 0:
+            raise _fail(source, f"data.datasets.{i}.ratio", f"must be > 0, got {d.ratio}")
+        if not 0 <= d.feat_start < cfg.model.in_channels:
+            raise _fail(source, f"data.datasets.{i}.feat_start",
+                        f"must lie in [0, model.in_channels={cfg.model.in_channels}), got {d.feat_start}")
+    if cfg.data.epoch_samples < 0:
+        raise _fail(source, "data.epoch_samples", f"must be >= 0, got {cfg.data.epoch_samples}")
+    unknown = [c for c in cfg.eval.datasets if c not in names]
+    if unknown:
+        raise _fail(source, "eval.datasets", f"unknown conditions {unknown}; configured: {names}")
+    teachers = cfg.distill.checkpoints
+    if teachers and cfg.distill.checkpoint:
+        raise _fail(source, "distill.checkpoints", "set either distill.checkpoint (one teacher) or "
+                                                    "distill.checkpoints (one per condition), not both")
+    if teachers and sorted(teachers) != sorted(names):
+        raise _fail(source, "distill.checkpoints", f"needs one teacher per condition {names}, got {sorted(teachers)}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from volt.data.io import checked_record_count
 from volt.data.nuscenes_splits import VERSIONS, split_of
 from volt.data.prepare import Job, Summary, run_jobs
 from volt.data.scene import Scene
-from volt.data.io import checked_record_count
 from volt.errors import DataError
 
 # Fine lidarseg id (category.json order) -> training id; -1 = ignore. Spec §3.2, which equals the

@@ -9,9 +9,9 @@ the return value says how many failed (the tools exit non-zero when any did).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 

@@ -61,7 +61,7 @@ class Scene:
     def __contains__(self, key: str) -> bool:
         return key in self.arrays
 
-    def validate(self, source: str | None = None, num_classes: dict[str, int] | None = None) -> "Scene":
+    def validate(self, source: str | None = None, num_classes: dict[str, int] | None = None) -> Scene:
         """Cast fields to their canonical dtypes and check shapes and values.
 
         `source` is the file named in errors; `num_classes` maps a label field to its class count so

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from volt.data.io import checked_record_count
 from volt.data.prepare import Job, Summary, run_jobs
 from volt.data.scene import Scene
-from volt.data.io import checked_record_count
 from volt.errors import DataError
 
 # The standard benchmark map (semantic-kitti.yaml `learning_map`): raw id -> learning id 0..19.

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from volt.config import Config, check_config, save_config, to_dict
+from volt.config import Config, DatasetCfg, check_config, save_config, to_dict
 from volt.engine import dist
 from volt.engine.build import build_loaders, build_segmentor, class_names
 from volt.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -160,12 +161,33 @@ class Trainer:
         return train_accuracy(out, batch["segment"])
 
     def evaluate(self) -> dict[str, Any]:
-        """Validate the EMA model; a log record whose "metric" (higher is better) picks best.pt."""
-        ds = self.cfg.data.datasets[0]
-        self.val_loader.set_epoch(0)  # the same voxel picks at every validation: comparable scores
-        result = validate(self.ema.module if self.ema is not None else unwrap(self.model), self.val_loader,
-                          ds.num_classes, device=self.device, amp_dtype=self.amp_dtype,
-                          class_names=self.class_names, max_batches=self.cfg.eval.max_scenes,
+        """Validate the EMA model; a log record whose "metric" (higher is better) picks best.pt.
+
+        A joint run's val loaders (volt.engine.build.ValLoaders, {condition: loader}) are validated one dataset
+        at a time, each with its own head and classes: keys "<condition>/mIoU", ... and "metric" = "mIoU_mean",
+        the mean of the datasets' mIoU."""
+        model = self.ema.module if self.ema is not None else unwrap(self.model)
+        if not isinstance(self.val_loader, Mapping):
+            return self.validate_dataset(model, self.val_loader, self.cfg.data.datasets[0], self.class_names)
+        by_name = {ds.condition: ds for ds in self.cfg.data.datasets}
+        record: dict[str, Any] = {}
+        for condition, loader in self.val_loader.items():
+            one = self.validate_dataset(model, loader, by_name[condition], class_names(by_name[condition]))
+            record.update({f"{condition}/{k}": v for k, v in one.items() if k != "metric"})
+        record["mIoU_mean"] = float(np.mean([record[f"{c}/mIoU"] for c in self.val_loader]))
+        record["metric"] = record["mIoU_mean"]
+        rows = [f"  {c:<16} {100 * record[f'{c}/mIoU']:6.2f} {100 * record[f'{c}/mIoU_present']:13.2f} "
+                f"{100 * record[f'{c}/allAcc']:7.2f}" for c in self.val_loader]
+        self.log.info(f"validation per dataset (each with its own head)\n  {'dataset':<16} {'mIoU':>6} "
+                      f"{'mIoU present':>13} {'allAcc':>7}\n" + "\n".join(rows))
+        return record
+
+    def validate_dataset(self, model: nn.Module, loader: Any, ds: DatasetCfg,
+                         names: list[str] | None) -> dict[str, Any]:
+        """Quick validation of one dataset (its condition's head, its class count)."""
+        loader.set_epoch(0)  # the same voxel picks at every validation: comparable scores
+        result = validate(model, loader, ds.num_classes, device=self.device, amp_dtype=self.amp_dtype,
+                          class_names=names, max_batches=self.cfg.eval.max_scenes,
                           distributed=self.info.distributed)
         m = result.metrics
         record = {"metric": m.miou, "mIoU": m.miou, "mAcc": m.macc, "allAcc": m.allacc,
@@ -204,7 +226,7 @@ class Trainer:
         rngs = meta.get("rng_per_rank", [ckpt["rng"]])
         restore_rng(rngs[self.info.rank] if len(rngs) == self.info.world_size else ckpt["rng"])
         self.log.info(f"resumed from {path}: epoch {self.pos.epoch}, step {self.pos.step} "
-                      f"({self.pos.step_in_epoch} into the epoch), best mIoU {self.pos.best_metric:.4f}")
+                      f"({self.pos.step_in_epoch} into the epoch), best metric {self.pos.best_metric:.4f}")
 
     def resume_path(self) -> Path | None:
         choice = self.cfg.train.resume
@@ -263,9 +285,10 @@ class Trainer:
             correct, labelled = self.batch_accuracy(out, batch)
             for key, value in (("loss", float(out.loss.detach())), ("correct", correct), ("labelled", labelled)):
                 window[key] = window.get(key, 0.0) + value
-            for key, value in out.parts.items():
+            for key, value in out.parts.items():  # per-condition parts exist only when it is in the batch
                 if key != "loss":
                     window[key] = window.get(key, 0.0) + float(value)
+                    window["#" + key] = window.get("#" + key, 0.0) + 1
             window["micro"] = window.get("micro", 0.0) + 1
             if not last_micro:
                 continue
@@ -288,8 +311,9 @@ class Trainer:
 
     def log_train(self, window: dict[str, float], seconds: float, grad_norm: float | None,
                   lr_beta1: tuple[float, float]) -> None:
-        keys = sorted(window)
-        totals = dist.all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64))
+        # The union of every rank's keys: a rank whose batches missed a dataset has none of its parts.
+        keys = sorted(set().union(*dist.all_gather_object(sorted(window))))
+        totals = dist.all_reduce_sum(torch.tensor([window.get(k, 0.0) for k in keys], dtype=torch.float64))
         w = dict(zip(keys, totals.tolist()))
         micro = w.pop("micro")
         lr, beta1 = lr_beta1
@@ -297,7 +321,8 @@ class Trainer:
                   "loss": w.pop("loss") / micro, "train_acc": w.pop("correct") / max(w.pop("labelled"), 1.0),
                   "skipped_steps": w.pop("skipped", 0.0),
                   "seconds_per_step": seconds * self.cfg.train.grad_accum * self.info.world_size / micro}
-        record.update({k: v / micro for k, v in w.items()})
+        # a part averages over the micro-batches that had it (a dataset absent from some batches)
+        record.update({k: v / max(w[f"#{k}"], 1.0) for k, v in w.items() if not k.startswith("#")})
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         if self.device.type == "cuda":
@@ -326,4 +351,8 @@ def fit(cfg: Config, loaders: tuple[Any, Any] | None = None) -> FitResult:
     check_config(cfg)
     info = dist.init_distributed(cfg.train.device)
     cfg = resolve_seed(cfg)
+    if cfg.task == "instance":
+        from volt.engine.instance_train import InstanceTrainer  # imported here: it subclasses Trainer
+
+        return InstanceTrainer(cfg, info, loaders).run()
     return Trainer(cfg, info, loaders).run()

@@ -15,12 +15,12 @@ BACKBONES = {"volt": VolumeTransformer, "spunet": SparseUNet}
 
 __all__ = [
     "BACKBONES",
+    "PRESETS",
     "ConditionHeads",
     "Criteria",
     "FrozenTeacher",
     "Segmentor",
     "SegmentorOutput",
-    "PRESETS",
     "SparseUNet",
     "VolumeTransformer",
     "build_volt",
