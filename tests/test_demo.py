@@ -31,7 +31,7 @@ def test_quick_demo_runs_every_stage_and_rerun_skips(demo, tmp_path: Path, capsy
     args = ["--out", str(out), "--quick", "--threads", str(torch.get_num_threads())]  # keep this process's setting
     assert demo.main(args) == 0
     first = capsys.readouterr().out
-    for stage in ("[1/5] data", "[2/5] teacher", "[3/5] volt", "[4/5] test", "[5/5] outdoor"):
+    for stage in ("[1/6] data", "[2/6] teacher", "[3/6] volt", "[4/6] test", "[5/6] instance", "[6/6] outdoor"):
         assert stage in first
     assert "already trained" not in first
     # The per-class tables: indoor (20 ScanNet classes) and outdoor (16 nuScenes classes).
@@ -45,17 +45,23 @@ def test_quick_demo_runs_every_stage_and_rerun_skips(demo, tmp_path: Path, capsy
         assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["views"] == 1
         assert len(metrics["scenes"]) == scenes and all(s["fragments"] > 0 for s in metrics["scenes"])
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"teacher", "volt", "nuscenes_volt", "seconds"}
+    assert set(summary) == {"teacher", "volt", "instance", "nuscenes_volt", "seconds"}
     assert summary["volt"]["precise_test"]["metrics"] == str(runs / "volt" / "test_val" / "metrics.json")
+    # Pictures and the viewer page of a held-out room, the charts; the instance stage's held-out AP.
+    pictures = [Path(p) for p in summary["volt"]["precise_test"]["pictures"]]
+    assert {p.suffix for p in pictures} == {".png", ".html"} and all(p.stat().st_size > 1000 for p in pictures)
+    assert all(0.0 <= summary["instance"][k] <= 1.0 for k in ("AP", "AP50", "AP25"))
+    assert "held-out AP" in first
     # The student was distilled from this teacher.
     config = (runs / "volt" / "config.yaml").read_text()
     assert str(runs / "teacher" / "best.pt") in config
 
     checkpoints, predictions = _files(runs, "*.pt"), _files(runs, "*_pred.npy")
-    assert len(checkpoints) == 6 and len(predictions) == 6
+    assert len([c for c in checkpoints if c.parent.name != "instance"]) == 6 and len(predictions) == 6
+    assert (runs / "instance" / "last.pt") in checkpoints
     assert demo.main(args) == 0
     second = capsys.readouterr().out
-    assert second.count("already trained") == 3
+    assert second.count("already trained") == 4  # teacher, volt, instance, outdoor
     assert second.count("cached") == 6
     assert _files(runs, "*.pt") == checkpoints and _files(runs, "*_pred.npy") == predictions
     again = json.loads((out / "summary.json").read_text())
