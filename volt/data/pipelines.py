@@ -43,10 +43,23 @@ def _indoor_fields(label: str, extra: Sequence[str] = ()) -> T.SelectFields:
     return T.SelectFields(("coord", "color", "normal", label, *extra), rename={label: "segment"})
 
 
+def instance_augmentations(exclude_classes: Sequence[int] = ()) -> list:
+    """The instance augmentations of spec §1.6 ScanNet train (also used by the instance-segmentation chain)."""
+    inst = {"exclude_classes": tuple(exclude_classes)}
+    return [
+        I.InstanceShift(p=0.2, shift_range=(0.1, 0.1, 0.1), **inst),
+        I.InstanceRotate(p=0.2, angle=(-0.25, 0.25), axis="z", **inst),
+        I.InstanceFlip(p=0.2, flip_prob=0.5, **inst),
+        I.InstanceScale(p=0.2, scale=(0.9, 1.1), **inst),
+        I.InstanceDropOut(p=0.1, drop_ratio=0.5, **inst),
+        I.InstanceColorDropout(p=0.2, drop_value=0, **inst),
+        I.SwapInstances(p=0.2, **inst),
+    ]
+
+
 def scannet_train(label: str = "segment20", condition: str = "ScanNet", grid_size: float = 0.02,
                   exclude_classes: Sequence[int] = (), seed: int | None = None) -> Compose:
     """Spec §1.6 ScanNet train, items 1-17, in order."""
-    inst = {"exclude_classes": tuple(exclude_classes)}
     return Compose([
         _indoor_fields(label, ("instance",)),
         T.CenterShift(apply_z=True),
@@ -61,13 +74,7 @@ def scannet_train(label: str = "segment20", condition: str = "ScanNet", grid_siz
         T.ChromaticAutoContrast(p=0.2, blend_factor=None),
         T.ChromaticTranslation(p=0.95, ratio=0.05),
         T.ChromaticJitter(p=0.95, std=0.05),
-        I.InstanceShift(p=0.2, shift_range=(0.1, 0.1, 0.1), **inst),
-        I.InstanceRotate(p=0.2, angle=(-0.25, 0.25), axis="z", **inst),
-        I.InstanceFlip(p=0.2, flip_prob=0.5, **inst),
-        I.InstanceScale(p=0.2, scale=(0.9, 1.1), **inst),
-        I.InstanceDropOut(p=0.1, drop_ratio=0.5, **inst),
-        I.InstanceColorDropout(p=0.2, drop_value=0, **inst),
-        I.SwapInstances(p=0.2, **inst),
+        *instance_augmentations(exclude_classes),
         T.GridSample(grid_size, mode="train"),
         T.SphereCrop(sample_rate=0.6, mode="random"),
         T.CenterShift(apply_z=False),

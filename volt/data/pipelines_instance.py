@@ -31,9 +31,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from volt.data import transforms as T
-from volt.data import transforms_instance as I
 from volt.data.collate import collate
 from volt.data.loader import build_loader, set_epoch
+from volt.data.pipelines import instance_augmentations
 from volt.data.transforms import Compose, Sample
 from volt.errors import DataError
 
@@ -75,7 +75,6 @@ def _fields(label: str) -> T.SelectFields:
 def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet", grid_size: float = 0.02,
                            exclude_classes: Sequence[int] = (), point_max: int = 102400,
                            seed: int | None = None) -> Compose:
-    inst = {"exclude_classes": tuple(exclude_classes)}
     return Compose([
         _fields(label),
         T.CenterShift(apply_z=True),
@@ -91,13 +90,7 @@ def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet",
         T.ChromaticAutoContrast(p=0.2, blend_factor=None),
         T.ChromaticTranslation(p=0.95, ratio=0.1),
         T.ChromaticJitter(p=0.95, std=0.05),
-        I.InstanceShift(p=0.2, shift_range=(0.1, 0.1, 0.1), **inst),
-        I.InstanceRotate(p=0.2, angle=(-0.25, 0.25), axis="z", **inst),
-        I.InstanceFlip(p=0.2, flip_prob=0.5, **inst),
-        I.InstanceScale(p=0.2, scale=(0.9, 1.1), **inst),
-        I.InstanceDropOut(p=0.1, drop_ratio=0.5, **inst),
-        I.InstanceColorDropout(p=0.2, drop_value=0, **inst),
-        I.SwapInstances(p=0.2, **inst),
+        *instance_augmentations(exclude_classes),
         T.GridSample(grid_size, mode="train"),
         T.SphereCrop(sample_rate=0.6, mode="random"),
         T.SphereCrop(point_max=point_max, mode="random"),
