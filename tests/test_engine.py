@@ -36,6 +36,7 @@ from volt.config import (
 )
 from volt.engine.build import build_segmentor, build_teacher
 from volt.engine.checkpoint import load_checkpoint, save_checkpoint
+from volt.engine.dist import cleanup
 from volt.engine.ema import EMA
 from volt.engine.optim import build_optimizer, build_scheduler, optimizer_step, param_groups
 from volt.engine.trainer import apply_step, fit
@@ -269,7 +270,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     cfg = toy_config(Path(out_dir), epochs=1, eval_epochs=1, grad_accum=1)
-    fit(cfg, toy_loaders(8, 2, rank, world))
+    try:
+        fit(cfg, toy_loaders(8, 2, rank, world))
+    finally:
+        cleanup()  # a live gloo group at interpreter exit can abort the process
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):

@@ -203,7 +203,7 @@ def _ddp_joint_worker(rank: int, world: int, port: int, processed: str, out: str
     import os
 
     from volt.engine.build import build_loaders
-    from volt.engine.dist import init_distributed
+    from volt.engine.dist import cleanup, init_distributed
     from volt.engine.trainer import fit
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -215,7 +215,10 @@ def _ddp_joint_worker(rank: int, world: int, port: int, processed: str, out: str
     names = [b["name"] for b in train]
     with open(f"{out}_rank{rank}.json", "w") as f:
         json.dump(names, f)
-    fit(cfg)  # ratio batches: a rank often has no sample of one dataset, so its head is unused there
+    try:
+        fit(cfg)  # ratio batches: a rank often has no sample of one dataset, so its head is unused there
+    finally:
+        cleanup()  # a live gloo group at interpreter exit can abort the process ("terminate called ...")
 
 
 def test_ddp_joint_run_shards_the_global_batches(demo_processed, tmp_path):
