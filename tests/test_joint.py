@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from volt.config import config_from_dict, load_config, to_dict
+from volt.data.batch_grid import BatchGridCollate, split_at_grid_sample
+from volt.data.transforms import Compose
 from volt.engine.build import TeacherSet, build_loaders, build_segmentor, build_teacher
 from volt.engine.checkpoint import save_checkpoint
 from volt.engine.dist import DistInfo
@@ -89,12 +91,58 @@ def test_backbone_keeps_tokens_and_rope_per_scene_in_a_mixed_grid_batch():
     torch.testing.assert_close(together, torch.cat([room, sweep]), atol=1e-5, rtol=1e-4)
 
 
-def test_training_batches_voxelize_each_scene_on_its_own_grid(demo_processed, tmp_path):
-    cfg = joint_config(demo_processed, tmp_path, "data.batch_size=4", "data.mix_prob=1.0")
+def test_batch_grid_collate_equals_per_scene_grid_sampling():
+    coord, offset, grids = two_scenes(2)
+    scenes = [{"name": "room", "coord": coord[:3000].numpy(), "segment": np.arange(3000), "_dataset": 0},
+              {"name": "sweep", "coord": coord[3000:].numpy(), "segment": np.arange(4000), "_dataset": 1}]
+    collate = BatchGridCollate(grids, [Compose([]), Compose([])], [None, None], seed=0)
+    out = collate.grid_sample(scenes)
+    for scene, sampled, grid in zip(scenes, out, grids):
+        alone = voxelize(torch.from_numpy(scene["coord"]), [len(scene["coord"])], grid, mode="train",
+                         generator=torch.Generator().manual_seed(0))
+        assert np.array_equal(sampled["grid_coord"], alone.grid_coord.numpy())  # same voxels, same order
+        # the kept point of each voxel lies in that voxel of the scene's OWN grid
+        cell = np.floor(scene["coord"] / np.float32(grid)).astype(np.int64)
+        kept = sampled["segment"]  # = original point ids here
+        assert np.array_equal(cell[kept] - cell.min(0), sampled["grid_coord"])
+        assert "_dataset" not in sampled
+
+
+def test_split_at_grid_sample_keeps_the_chain_order():
+    from volt.data.pipelines import build_pipeline
+
+    chain = build_pipeline("scannet", "train", grid_size=0.05)
+    head, grid, tail = split_at_grid_sample(chain)
+    assert [*head.transforms, grid, *tail.transforms] == chain.transforms and grid.grid_size == 0.05
+    with pytest.raises(ValueError, match="inverse"):  # validation chains map every point back: worker mode
+        split_at_grid_sample(build_pipeline("scannet", "val"))
+    with pytest.raises(ValueError, match="exactly one train-mode GridSample"):
+        split_at_grid_sample(Compose([]))
+
+
+@pytest.mark.parametrize("grid_sampling", ["batch", "worker"])
+def test_training_batches_voxelize_each_scene_on_its_own_grid(demo_processed, tmp_path, monkeypatch, grid_sampling):
+    import volt.data.batch_grid as batch_grid
+    import volt.data.transforms as transforms
+
+    calls = {"n": 0}
+
+    def counting(original):
+        def voxelize_counted(*args, **kwargs):
+            calls["n"] += 1
+            return original(*args, **kwargs)
+        return voxelize_counted
+
+    monkeypatch.setattr(batch_grid, "voxelize", counting(batch_grid.voxelize))
+    monkeypatch.setattr(transforms, "voxelize", counting(transforms.voxelize))
+    cfg = joint_config(demo_processed, tmp_path, "data.batch_size=4", "data.mix_prob=1.0",
+                       f"data.grid_sampling={grid_sampling}")
     train, val = build_loaders(cfg, DistInfo(0, 0, 1, CPU))
     grids = {d.condition: d.grid_size for d in cfg.data.datasets}
     seen = set()
-    for batch in itertools.islice(train, 4):
+    for i, batch in enumerate(itertools.islice(train, 4)):
+        # batch mode: ONE voxelize call per training batch, whatever its grids; worker mode: one per scene
+        assert calls["n"] == (i + 1 if grid_sampling == "batch" else 4 * (i + 1))
         assert batch["feat"].shape[1] == cfg.model.in_channels == 10
         for k, condition in enumerate(batch["condition"]):
             seen.add(condition)
@@ -243,3 +291,10 @@ def test_demo_joint_quick_prints_the_per_dataset_table(demo_processed, capsys):
     summary = json.loads((demo_processed.parent / "joint_summary.json").read_text())
     assert set(summary["single"]) == {"ScanNet", "nuScenes"} and summary["steps"] == 4
     assert np.isfinite(summary["joint"]["validation"]["nuScenes"]["mIoU"])
+
+
+def test_batched_grid_sampling_is_reproducible(demo_processed, tmp_path):
+    cfg = joint_config(demo_processed, tmp_path, "data.batch_size=4", "data.grid_sampling=batch", "train.seed=5")
+    first = [next(iter(build_loaders(cfg, DistInfo(0, 0, 1, CPU))[0])) for _ in range(2)]
+    for key in ("coord", "grid_coord", "feat", "segment", "offset"):
+        assert torch.equal(first[0][key], first[1][key]), key

@@ -89,6 +89,10 @@ class DataCfg:
     # Joint training (VOLT_SPEC.md §1.8): ratio = shuffled batches mixing datasets | round_robin = every
     # batch from one dataset, datasets taking turns in proportion to their ratios.
     sampling: str = "ratio"
+    # Where training scenes are grid-sampled: worker = each scene in its loader worker (the reference) |
+    # batch = the whole batch in ONE volt.ops.voxelize call, each scene with its own grid size
+    # (volt/data/batch_grid.py; the transforms after GridSample then run in the collate).
+    grid_sampling: str = "worker"
     epoch_samples: int = 0  # samples of the first dataset per data pass; 0 = its size (reference)
 
 
@@ -320,6 +324,7 @@ _CHOICES = {
     "instance.init_weights": ("auto", "ema", "model"),
     "instance.schedule": ("poly", "onecycle"),
     "data.sampling": ("ratio", "round_robin"),
+    "data.grid_sampling": ("worker", "batch"),
 }
 
 

@@ -4,7 +4,8 @@
 the dataset so that item i is `pipeline(dataset[i])`, shards and shuffles it with a DistributedSampler
 (also for one process: same code path, shuffle order = f(seed, epoch)), and collates with `Collate`.
 Joint training passes a `batch_sampler` instead (volt.data.samplers: it shards by itself, so batch_size,
-shuffle and drop_last are then unused); `set_epoch` reaches it too.
+shuffle and drop_last are then unused); `set_epoch` reaches it too. `collate` replaces the default
+`Collate(mix_prob, duplicates)` (batched grid sampling passes a `volt.data.batch_grid.BatchGridCollate`).
 
 Seeding (spec §1.3: per-worker seed = seed + rank·num_workers + worker_id): every worker reseeds its copy
 of the pipeline and of the collate function from SeedSequence(seed + rank·num_workers + worker_id,
@@ -73,12 +74,13 @@ def build_loader(dataset: Any, pipeline: Callable[[dict[str, Any]], dict[str, An
                  batch_size: int = 1, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, mix_prob: float = 0.0, duplicates: str = "keep", rank: int = 0,
                  world_size: int = 1, pin_memory: bool = False, epoch: int = 0,
-                 batch_sampler: Any = None) -> DataLoader:
+                 batch_sampler: Any = None, collate: Collate | None = None) -> DataLoader:
     """A DataLoader over `pipeline(dataset[i])` batches; see the module docstring for seeding."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} must lie in [0, world_size={world_size})")
     data = PipelineDataset(dataset, pipeline)
-    collate = Collate(mix_prob=mix_prob, duplicates=duplicates)
+    if collate is None:  # a given collate (e.g. volt.data.batch_grid) brings its own mixing settings
+        collate = Collate(mix_prob=mix_prob, duplicates=duplicates)
     seeder = WorkerSeeder(seed, rank, num_workers, collate, epoch)
     common = {"num_workers": num_workers, "collate_fn": collate, "pin_memory": pin_memory,
               "worker_init_fn": seeder if num_workers > 0 else None,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from volt.config import Config, DatasetCfg, ModelCfg, config_from_dict, load_config
+from volt.data.batch_grid import BatchGridCollate, TaggedHead, split_at_grid_sample
 from volt.data.dataset import SceneDataset
 from volt.data.loader import build_loader
 from volt.data.loader import set_epoch as set_loader_epoch
@@ -266,9 +267,15 @@ def build_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
     sampler_cls = RoundRobinBatchSampler if d.sampling == "round_robin" else RatioBatchSampler
     batches = sampler_cls(counts, d.batch_size, world_size=info.world_size, rank=info.rank, seed=t.seed)
     joint = JointDataset(datasets, counts)
-    pipelines = Dispatch([joint_sample(ds, cfg.model, "train") for ds in d.datasets])
-    train = EpochLoader(build_loader(joint, pipelines, batch_sampler=batches, mix_prob=d.mix_prob,
-                                     duplicates=duplicates_rule(cfg), **shard), joint)
+    samples = [joint_sample(ds, cfg.model, "train") for ds in d.datasets]
+    collate = None
+    if d.grid_sampling == "batch":  # workers stop before GridSample; one voxelize call per batch
+        parts = [split_at_grid_sample(js.pipeline) for js in samples]
+        collate = BatchGridCollate([ds.grid_size for ds in d.datasets], [tail for _, _, tail in parts],
+                                   [js.tag for js in samples], d.mix_prob, duplicates_rule(cfg))
+        samples = [TaggedHead(head, k) for k, (head, _, _) in enumerate(parts)]
+    train = EpochLoader(build_loader(joint, Dispatch(samples), batch_sampler=batches, mix_prob=d.mix_prob,
+                                     duplicates=duplicates_rule(cfg), collate=collate, **shard), joint)
     wanted = cfg.eval.datasets or [ds.condition for ds in d.datasets]
     val = ValLoaders()
     for ds in d.datasets:
