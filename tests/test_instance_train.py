@@ -57,6 +57,8 @@ def test_overfits_one_room(demo_processed):
     _recalibrate_batchnorm(model, batch)
     pred = predict_instances(model, scene, chain)
     assert pred["masks"].shape[1] == len(scene["coord"]) and pred["masks"].dtype == bool
+    again = predict_instances(model, scene, chain)  # repeatable: the picks do not depend on earlier calls
+    assert all(np.array_equal(pred[k], again[k]) for k in ("masks", "classes", "scores"))
     ev = InstanceEvaluator()
     ev.add(scene["segment20"], scene["instance"], pred["masks"], pred["classes"], pred["scores"], name="room")
     result = ev.compute()

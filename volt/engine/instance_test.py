@@ -85,7 +85,8 @@ def predict_instances(model: nn.Module, scene_dict: dict[str, Any], pipeline: An
     was_training = model.training
     model.eval()
     try:
-        pred = predict_batch(model, collate_instances([pipeline(scene)]), amp_dtype)[0]
+        # a fresh generator per call: the voxel picks (and so the masks) do not depend on earlier calls
+        pred = predict_batch(model, collate_instances([pipeline(scene, np.random.default_rng(0))]), amp_dtype)[0]
     finally:
         model.train(was_training)
     masks = np.zeros((len(pred["masks"]), n), bool)
