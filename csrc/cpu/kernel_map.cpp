@@ -9,12 +9,12 @@
 // increasing query keys that one forward pass over the sorted input keys resolves. Submanifold maps query
 // only half of the taps: the pair (i, o) at tap k is the pair (o, i) at the mirrored tap K - 1 - k.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "cpu/run_tasks.h"
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -27,18 +27,7 @@ constexpr int64_t kAxisLimit = int64_t(1) << 16;
 using Int3 = std::array<int64_t, 3>;
 using Pairs = std::array<std::vector<int32_t>, 2>;  // {in, out}
 
-template <typename F>
-void run_tasks(int64_t n, const F& f) {  // f(task) for every task in [0, n); threads take the next free task
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
-  if (threads <= 1 || at::in_parallel_region()) {
-    for (int64_t t = 0; t < n; ++t) f(t);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t t = next++; t < n; t = next++) f(t);
-  });
-}
+using cpu::run_tasks;  // f(task) for every task in [0, n); threads take the next free task
 
 inline int64_t pack(int64_t b, int64_t x, int64_t y, int64_t z) { return (b << 48) | (x << 32) | (y << 16) | z; }
 inline int64_t row_key(const int32_t* r) { return pack(r[0], r[1], r[2], r[3]); }

@@ -6,31 +6,16 @@
 // Algorithm: the four fields, each minus its minimum, are bit-packed into one key; (key << index_bits |
 // index) words get a stable parallel LSD radix sort, then one pass counts tokens and one fills them.
 // Keys wider than a word fall back to key/index pairs, or to one sort per 64-bit field group.
-//
-// For the whole file, before any header (so inlining is not blocked by differing flags): the hot loop
-// selects between doubles (floor), which GCC vectorizes only when it may ignore floating-point
-// exception flags; volt never reads them, and results are unchanged.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+// First include: cpu/kernel_prelude.h (its floating-point pragma lets the floor loop vectorize).
+#include "cpu/kernel_prelude.h"
 
 #include <array>
-#include <limits>
-#include <tuple>
 #include <utility>
-
-#include "common.h"
-#include "cpu/radix_sort.h"
 
 namespace volt {
 namespace cpu {
 namespace {
 
-using at::Tensor;
 using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // Fields of a voxel's token, most significant first: scene, px, py, pz (each minus its minimum).

@@ -12,9 +12,9 @@
 // register-tiled vector kernels (cpu/sparse_conv_tiles.h) compiled for AVX-512, AVX2 and the baseline and
 // picked at run time; float64 uses plain loops; float16/bfloat16 compute in float32.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu/run_tasks.h"
 #include "cpu/sparse_conv_tiles.h"
 
 #include <algorithm>
@@ -32,18 +32,7 @@ constexpr int64_t kRowBlock = 512;     // output rows per forward task
 constexpr int64_t kTapChunk = 32;      // taps per neighbour table (bounds its memory for k5 maps)
 constexpr int64_t kPairChunk = 4096;   // pairs per weight-grad task (one partial each)
 
-template <typename F>
-void run_tasks(int64_t n, const F& f) {  // f(task) for every task in [0, n)
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
-  if (threads <= 1 || at::in_parallel_region()) {
-    for (int64_t t = 0; t < n; ++t) f(t);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t t = next++; t < n; t = next++) f(t);
-  });
-}
+using cpu::run_tasks;  // f(task) for every task in [0, n)
 
 // One tap's pairs as the forward sees them: sorted by output row (searched), or through a table row.
 struct TapView {

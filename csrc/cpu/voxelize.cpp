@@ -6,26 +6,14 @@
 // parallel radix sort of (key << index_bits | index) words, top digit first, then each bucket in cache
 // (or an LSD sort of key/index pairs when they do not fit 64 bits), then two passes over the sorted runs.
 // Results do not depend on the thread count.
-//
-// For the whole file, before any header (so inlining is not blocked by differing flags): the hot loops
-// select between floats (floor, min/max), which GCC vectorizes only when it may ignore floating-point
-// exception flags; volt never reads them, and results are unchanged.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// First include: cpu/kernel_prelude.h (its floating-point pragma lets the floor and min/max loops vectorize).
+#include "cpu/kernel_prelude.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <optional>
-#include <tuple>
 
-#include "common.h"
-#include "cpu/radix_sort.h"
 #include "cpu/radix_sort_top.h"
 #include "cpu/voxel_keys.h"
 
@@ -33,7 +21,6 @@ namespace volt {
 namespace cpu {
 namespace {
 
-using at::Tensor;
 using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // Scene of the first point at or after position i (offsets are cumulative ends).
