@@ -145,7 +145,8 @@ class Trainer:
             no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
                        else "broadcast_buffers")
             self.ddp = ddp_cls(self.model, device_ids=ids, find_unused_parameters=find_unused, **{no_sync: False})
-        self.class_names = class_names(cfg.data.datasets[0]) if self.val_loader is not None else None
+        # read once (from a val scene's meta.json), not at every validation
+        self.class_names = {ds.condition: class_names(ds) for ds in cfg.data.datasets} if self.val_loader is not None else {}
         self.pos = Position()
         seed_everything(t.seed + 1_000_003 * info.rank)  # per-rank randomness (drop-path) from here on
 
@@ -168,11 +169,12 @@ class Trainer:
         the mean of the datasets' mIoU."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)
         if not isinstance(self.val_loader, Mapping):
-            return self.validate_dataset(model, self.val_loader, self.cfg.data.datasets[0], self.class_names)
+            first = self.cfg.data.datasets[0]
+            return self.validate_dataset(model, self.val_loader, first, self.class_names[first.condition])
         by_name = {ds.condition: ds for ds in self.cfg.data.datasets}
         record: dict[str, Any] = {}
         for condition, loader in self.val_loader.items():
-            one = self.validate_dataset(model, loader, by_name[condition], class_names(by_name[condition]))
+            one = self.validate_dataset(model, loader, by_name[condition], self.class_names[condition])
             record.update({f"{condition}/{k}": v for k, v in one.items() if k != "metric"})
         record["mIoU_mean"] = float(np.mean([record[f"{c}/mIoU"] for c in self.val_loader]))
         record["metric"] = record["mIoU_mean"]
