@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the real sample data and reference fixtures live, and device lists."""
+"""Shared test fixtures and helpers: real sample data and reference fixtures, device lists, extension backends."""
 
 from __future__ import annotations
 
@@ -54,3 +54,34 @@ def demo_processed(tmp_path_factory) -> Path:
     out = tmp_path_factory.getbasetemp() / "volt_demo"
     demo.prepare_data(out / "raw", out / "processed", 0, False)
     return out / "processed"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (restored after): tiny ops on a shared CPU run faster and far steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def need_ext(op: str, device: str) -> None:
+    """Skip unless the compiled extension has a kernel for `op` on `device`."""
+    from volt.ops import _ext
+
+    if not _ext.has_kernel(op, device):
+        pytest.skip(f"the extension has no {op} kernel for {device} ({_ext.ext_info()['reason']})")
+
+
+def use_backend(monkeypatch: pytest.MonkeyPatch, backend: str, op: str, device: str) -> None:
+    """Select VOLT_OPS=`backend` for this test; "ext" skips when `op` has no kernel on `device`."""
+    if backend == "ext":
+        need_ext(op, device)
+    monkeypatch.setenv("VOLT_OPS", backend)
+
+
+def assert_outputs_equal(names: tuple[str, ...], ext: tuple, ref: tuple) -> None:
+    """A kernel's outputs equal the reference's, one by one: same device and dtype, torch.equal values."""
+    for name, a, b in zip(names, ext, ref):
+        assert a.device == b.device and a.dtype == b.dtype, name
+        assert torch.equal(a, b), f"{name} differs: ext {a[:8].tolist()} ref {b[:8].tolist()}"

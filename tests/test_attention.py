@@ -48,11 +48,16 @@ def _dtype_for(device, backend):
     return torch.float32
 
 
-@pytest.mark.parametrize("device, backend", list(_cases()))
-def test_backend_matches_exact_attention(device, backend):
+def _packed_for(device, backend):
+    """`packed(device)` with q, k, v cast to the dtype the backend is checked in; returns them and that dtype."""
     q, k, v, cu, max_len = packed(device)
     dtype = _dtype_for(device, backend)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    return q.to(dtype), k.to(dtype), v.to(dtype), cu, max_len, dtype
+
+
+@pytest.mark.parametrize("device, backend", list(_cases()))
+def test_backend_matches_exact_attention(device, backend):
+    q, k, v, cu, max_len, dtype = _packed_for(device, backend)
     out = attention(q, k, v, cu, max_len, backend=backend)
     assert out.shape == q.shape and out.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -61,9 +66,7 @@ def test_backend_matches_exact_attention(device, backend):
 
 @pytest.mark.parametrize("device, backend", list(_cases()))
 def test_scenes_do_not_attend_to_each_other(device, backend):
-    q, k, v, cu, max_len = packed(device)
-    dtype = _dtype_for(device, backend)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v, cu, max_len, _ = _packed_for(device, backend)
     base = attention(q, k, v, cu, max_len, backend=backend)
     lo, hi = int(cu[2]), int(cu[3])  # scene 2
     k2, v2 = k.clone(), v.clone()

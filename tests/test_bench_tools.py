@@ -31,13 +31,8 @@ def _two_scene_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return grid, feat, torch.tensor([len(a["feat"]), len(feat)])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The benchmarks' many small ops on 2 OpenMP threads crawl when another process holds a core (10x seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The benchmarks' many small ops on 2 OpenMP threads crawl when another process holds a core (10x seen).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _finite(row: dict, *keys: str) -> bool:

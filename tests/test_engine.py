@@ -47,13 +47,8 @@ NUM_CLASSES = 4
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared CPU: one thread is faster and far steadier than several competing ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on a shared CPU: one thread is faster and far steadier than several competing ones.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_scene(seed: int, side: int = 8) -> dict[str, np.ndarray]:

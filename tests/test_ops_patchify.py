@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICES, assert_outputs_equal, need_ext, use_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from volt.ops import _ext
 from volt.ops.patchify import patchify, patchify_reference
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NAMES = ("patch_coord", "token_scene", "voxel2token", "slot", "cu_seqlens")
-
-
-def need_ext(device: str) -> None:
-    if not _ext.has_kernel("patchify", device):
-        pytest.skip(f"the extension has no patchify kernel for {device} ({_ext.ext_info()['reason']})")
 
 
 def unique_dim0(grid: torch.Tensor, scene: torch.Tensor, p: int):
@@ -31,9 +26,7 @@ def assert_parity(grid, scene, num_scenes, p, device):
     args = (grid.to(device), scene.to(device), num_scenes, p)
     ext = torch.ops.volt.patchify(*args)
     ref = patchify_reference(*args)
-    for name, a, b in zip(NAMES, ext, ref):
-        assert a.device == b.device and a.dtype == b.dtype, name
-        assert torch.equal(a, b), f"{name} differs: ext {a[:8].tolist()} ref {b[:8].tolist()}"
+    assert_outputs_equal(NAMES, ext, ref)
     return ref
 
 
@@ -61,7 +54,7 @@ def test_reference_is_torch_unique_dim0(p):
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parity_random(device, dtype, seed):
-    need_ext(device)
+    need_ext("patchify", device)
     g = torch.Generator().manual_seed(seed)
     v = int(torch.randint(1, 20000, (), generator=g))
     b = int(torch.randint(1, 6, (), generator=g))
@@ -92,7 +85,7 @@ def _edge_cases():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(_edge_cases()))
 def test_parity_edge_cases(device, case):
-    need_ext(device)
+    need_ext("patchify", device)
     grid, scene, b, p = _edge_cases()[case]
     ref = assert_parity(grid, scene, b, p, device)
     if grid.shape[0]:
@@ -103,7 +96,7 @@ def test_parity_edge_cases(device, case):
 @pytest.mark.parametrize("device", DEVICES)
 def test_parity_across_work_chunks(device):
     """The CPU kernel works in 65536-voxel chunks: tokens whose voxels straddle chunk boundaries."""
-    need_ext(device)
+    need_ext("patchify", device)
     grid = voxels(200_000, 10, lo=0, hi=60)
     scene = torch.sort(torch.randint(0, 3, (200_000,), generator=torch.Generator().manual_seed(3))).values
     assert_parity(grid, scene, 3, 5, device)
@@ -125,9 +118,7 @@ def test_parity_hypothesis(v, b, p, span, seed, sorted_scenes):
 
 @pytest.mark.parametrize("backend", ["torch", "ext"])
 def test_public_function_offset_and_batch_forms(backend, monkeypatch):
-    if backend == "ext":
-        need_ext("cpu")
-    monkeypatch.setenv("VOLT_OPS", backend)
+    use_backend(monkeypatch, backend, "patchify", "cpu")
     grid = voxels(900, 7, lo=0)
     offset = torch.tensor([300, 300, 900])
     by_offset = patchify(grid, offset, patch_size=5)
@@ -155,9 +146,7 @@ BAD = {
 @pytest.mark.parametrize("backend", ["torch", "ext"])
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_raises_value_error(device, backend, case, monkeypatch):
-    if backend == "ext":
-        need_ext(device)
-    monkeypatch.setenv("VOLT_OPS", backend)
+    use_backend(monkeypatch, backend, "patchify", device)
     kwargs, message = BAD[case]
     with pytest.raises(ValueError, match=message):
         patchify(torch.tensor([[0, 0, 0], [7, 8, 9]], dtype=torch.int32, device=device), **kwargs)
@@ -181,6 +170,6 @@ def test_volt_ops_ext_without_kernel_raises(monkeypatch):
 
 
 def test_fake_kernel_for_torch_compile():
-    need_ext("cpu")
+    need_ext("patchify", "cpu")
     torch.library.opcheck(torch.ops.volt.patchify.default, (voxels(400, 8), torch.randint(0, 2, (400,)), 2, 5),
                           test_utils=("test_schema", "test_faketensor"))

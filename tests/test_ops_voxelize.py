@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 import torch
+from conftest import DEVICES, assert_outputs_equal, need_ext, use_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,13 +17,7 @@ from volt.ops.voxelize import voxelize, voxelize_reference
 
 vx = importlib.import_module("volt.ops.voxelize")  # the module (volt.ops.voxelize is also the function)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NAMES = ("grid_coord", "inverse", "count", "voxel_offset", "order", "pick")
-
-
-def need_ext(device: str) -> None:
-    if not _ext.has_kernel("voxelize", device):
-        pytest.skip(f"the extension has no voxelize kernel for {device} ({_ext.ext_info()['reason']})")
 
 
 def assert_parity(coord, offset, grid_size, seed, device, with_order=True) -> tuple:
@@ -30,9 +25,7 @@ def assert_parity(coord, offset, grid_size, seed, device, with_order=True) -> tu
     args = (coord.to(device), offset.to(device), grid_size.to(device), seed, with_order)
     ext = torch.ops.volt.voxelize(*args)
     ref = voxelize_reference(*args)
-    for name, a, b in zip(NAMES, ext, ref):
-        assert a.device == b.device and a.dtype == b.dtype, name
-        assert torch.equal(a, b), f"{name} differs: ext {a[:8].tolist()} ref {b[:8].tolist()}"
+    assert_outputs_equal(NAMES, ext, ref)
     return ref
 
 
@@ -76,7 +69,7 @@ def test_reference_matches_numpy_spec(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parity_random_clouds(device, dtype, seed):
-    need_ext(device)
+    need_ext("voxelize", device)
     g = torch.Generator().manual_seed(seed)
     sizes = torch.randint(0, 4000, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist()
     coord, offset = cloud(sizes, seed, scale=float(torch.rand((), generator=g)) * 10 + 0.1, dtype=dtype)
@@ -110,7 +103,7 @@ def _edge_cases():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(_edge_cases()))
 def test_parity_edge_cases(device, case):
-    need_ext(device)
+    need_ext("voxelize", device)
     torch.manual_seed(0)
     coord, offset, gs = _edge_cases()[case]
     out = assert_parity(coord, torch.tensor(offset, dtype=torch.int64), torch.tensor(gs, dtype=coord.dtype), 3, device)
@@ -123,7 +116,7 @@ def test_parity_edge_cases(device, case):
 def test_parity_voxels_spanning_work_chunks(device):
     """The CPU kernel works in 65536-point chunks: voxels (and scenes) that span chunk boundaries, and
     whole chunks without a voxel start (one voxel of 200k points)."""
-    need_ext(device)
+    need_ext("voxelize", device)
     g = torch.Generator().manual_seed(9)
     dense = torch.rand(150_000, 3, generator=g) * 0.4  # ~8 points per voxel at 0.1 -> long runs
     one_voxel = torch.full((200_000, 3), 7.05) + torch.rand(200_000, 3, generator=g) * 0.04
@@ -189,7 +182,7 @@ def test_train_pick_is_in_its_voxel_and_uniform(device):
 
 
 def test_generator_reproducible_and_backends_agree(monkeypatch):
-    need_ext("cpu")
+    need_ext("voxelize", "cpu")
     coord, offset = cloud([5000], seed=4, scale=0.5)
     outs = {}
     for name in ("ext", "torch"):
@@ -204,7 +197,7 @@ def test_generator_reproducible_and_backends_agree(monkeypatch):
 
 
 def test_same_result_for_one_and_two_threads():
-    need_ext("cpu")
+    need_ext("voxelize", "cpu")
     coord, offset = cloud([150_000, 90_000], seed=5, scale=2.0)
     gs = torch.tensor([0.02, 0.05])
     before = torch.get_num_threads()
@@ -237,9 +230,7 @@ BAD = {
 @pytest.mark.parametrize("backend", ["torch", "ext"])
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_raises_value_error(device, backend, case, monkeypatch):
-    if backend == "ext":
-        need_ext(device)
-    monkeypatch.setenv("VOLT_OPS", backend)
+    use_backend(monkeypatch, backend, "voxelize", device)
     coord, offset, gs, message = BAD[case]
     with pytest.raises(ValueError, match=message):
         voxelize(coord.to(device), offset, torch.tensor(gs, dtype=torch.float32), mode="test")
@@ -283,7 +274,7 @@ def test_volt_ops_ext_without_kernel_raises(monkeypatch):
 
 
 def test_fake_kernel_for_torch_compile():
-    need_ext("cpu")
+    need_ext("voxelize", "cpu")
     coord, offset = cloud([300, 200], seed=6)
     torch.library.opcheck(torch.ops.volt.voxelize.default, (coord, offset, torch.tensor([0.1, 0.2]), 5, False),
                           test_utils=("test_schema", "test_faketensor"))

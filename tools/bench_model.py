@@ -49,6 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: bench.py loads this file by path
+
+from _bench_common import add_device_args, parse_device_args, sync_fn, time_calls
 
 import volt.models.attention as attention_module
 from volt.models import VolumeTransformer, build_volt
@@ -180,21 +183,6 @@ def volt_flops(model: VolumeTransformer, tokens_per_scene: list[int], voxels: in
 def bf16_peak(device_name: str) -> float | None:
     """Dense bf16 peak FLOP/s of a card by name (BF16_PEAK), None when unknown."""
     return next((peak for key, peak in BF16_PEAK if key in device_name), None)
-
-
-def sync_fn(device: str):
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-
-
-def time_calls(fn, reps: int, sync) -> list[float]:
-    times = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 @contextlib.contextmanager
@@ -451,16 +439,11 @@ def describe(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device_args(ap)
     ap.add_argument("--quick", action="store_true", help="Volt-tiny on small scenes (smoke test)")
     ap.add_argument("--scale", type=float, help="scene size factor of the model table (default: CPU_SCALE, CUDA 1)")
     ap.add_argument("--reps", type=int, help="timed repetitions (model / tokenize: CPU 2 / 3, CUDA 5 / 10)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but torch.cuda.is_available() is False")
+    args = parse_device_args(ap, argv)
     print(describe(args.device))
     start = time.perf_counter()
     print_rows(run(args.device, args.quick, args.scale, args.reps))

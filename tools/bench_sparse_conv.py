@@ -20,13 +20,17 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+TOOLS = os.path.join(ROOT, "tools")  # tools/bench.py loads this file by path, so tools/ may not be on sys.path
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+from _bench_common import sync_fn, time_calls
 
 NUM_VOXELS, CHANNELS, VOXEL = 50_000, 32, 0.02
 
@@ -68,15 +72,8 @@ def row(base: dict, op: str, ms: float, note: str = "") -> dict:
 
 def _median_ms(fn, reps: int) -> float:
     fn()  # warm-up (allocations, lazy init)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    times = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    sync = sync_fn("cuda" if torch.cuda.is_available() else "cpu")
+    return statistics.median(time_calls(fn, reps, sync)) * 1e3
 
 
 def _inputs(device: str):

@@ -34,7 +34,8 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS.parent))
 sys.path.insert(0, str(TOOLS))
 
-import bench_model as bm  # tools/bench_model.py: scenes, FLOP model, timing and table helpers
+import bench_model as bm  # tools/bench_model.py: scenes, FLOP model, memory and table helpers
+from _bench_common import add_device_args, parse_device_args, sync_fn, time_calls
 
 from volt.engine.optim import build_optimizer
 from volt.models import Segmentor, build_volt
@@ -150,7 +151,7 @@ def synthetic_rows(device: str, quick: bool = False) -> list[dict]:
     backbone = build_volt(preset, in_channels=6)
     model = Segmentor(backbone, {"ScanNet": 20}).to(device).train()
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
-    sync, mem = bm.sync_fn(device), bm.Memory(device)
+    sync, mem = sync_fn(device), bm.Memory(device)
     cuda = torch.device(device).type == "cuda"
 
     def step() -> None:
@@ -160,11 +161,11 @@ def synthetic_rows(device: str, quick: bool = False) -> list[dict]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    bm.time_calls(step, warm, sync)
+    time_calls(step, warm, sync)
     mem.start()
     if cuda:
         mem.base = 0.0  # report the whole training footprint: weights, gradients, optimizer state, activations
-    times = bm.time_calls(step, steps, sync)
+    times = time_calls(step, steps, sync)
     layout = patchify(batch["grid_coord"], batch["offset"], backbone.patch)
     tokens = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
     flops = 3 * bm.volt_flops(backbone, tokens, batch["feat"].shape[0], num_classes=20)
@@ -186,14 +187,9 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device_args(ap, threads_help="torch CPU threads (1 on a shared machine: see bench_model)")
     ap.add_argument("--quick", action="store_true", help="a few steps on small data (smoke test)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (1 on a shared machine: see bench_model)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but torch.cuda.is_available() is False")
+    args = parse_device_args(ap, argv)
     print(bm.describe(args.device))
     start = time.perf_counter()
     bm.print_rows(run(args.device, args.quick), COLUMNS, TITLES)
