@@ -92,7 +92,7 @@ def test_backbone_keeps_tokens_and_rope_per_scene_in_a_mixed_grid_batch():
 
 
 def test_batch_grid_collate_equals_per_scene_grid_sampling():
-    coord, offset, grids = two_scenes(2)
+    coord, _, grids = two_scenes(2)
     scenes = [{"name": "room", "coord": coord[:3000].numpy(), "segment": np.arange(3000), "_dataset": 0},
               {"name": "sweep", "coord": coord[3000:].numpy(), "segment": np.arange(4000), "_dataset": 1}]
     collate = BatchGridCollate(grids, [Compose([]), Compose([])], [None, None], seed=0)
@@ -122,8 +122,7 @@ def test_split_at_grid_sample_keeps_the_chain_order():
 
 @pytest.mark.parametrize("grid_sampling", ["batch", "worker"])
 def test_training_batches_voxelize_each_scene_on_its_own_grid(demo_processed, tmp_path, monkeypatch, grid_sampling):
-    import volt.data.batch_grid as batch_grid
-    import volt.data.transforms as transforms
+    from volt.data import batch_grid, transforms
 
     calls = {"n": 0}
 

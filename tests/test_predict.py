@@ -48,12 +48,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
             "lidar": _checkpoint(d / "lidar.pt", "nuscenes", 4, 16, 0.05)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared; results do not depend on it
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # shared machine; results do not depend on it
 
 
 def _lattice(n_side: int = 24, seed: int = 0, color: bool = True) -> Scene:
