@@ -154,17 +154,34 @@ def _detokenize_both(det, tokens, layout):
     return (ours, *grads_a), (dense, *grads_b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sizes", [[60, 45], [1], [400, 3, 250]])
-def test_detokenizer_equals_full_product(sizes):
-    """Outputs and gradients of the grouped GEMM equal the reference's full product (few voxels: most slot
-    groups are empty; [1]: one voxel, 124 empty groups)."""
+def test_detokenizer_equals_full_product(sizes, device):
+    """Outputs and gradients of the grouped GEMM (forced: on CUDA float32 is torch's per-group fallback) equal
+    the reference's full product (few voxels: most slot groups are empty; [1]: one voxel, 124 empty groups)."""
     grid, _, offset = random_scenes(sizes, extent=12, seed=len(sizes))
-    layout = patchify(grid, offset, patch_size=5)
-    det = Detokenizer(8)
+    layout = patchify(grid.to(device), offset.to(device), patch_size=5)
+    det = Detokenizer(8, mode="grouped").to(device)
     torch.nn.init.normal_(det.bias)
-    tokens = torch.randn(layout.num_tokens, 8)
+    tokens = torch.randn(layout.num_tokens, 8, device=device)
+    assert det.uses_grouped_mm(tokens.device)
     for a, b in zip(*_detokenize_both(det, tokens, layout)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_detokenizer_mode_choice():
+    """auto: grouped GEMM on the CPU (float32 and bf16), the dense product on CUDA and where the rows are not
+    16-byte aligned; dense: always the full product; an unknown mode is refused."""
+    cpu = torch.device("cpu")
+    assert Detokenizer(8).uses_grouped_mm(cpu)
+    assert not Detokenizer(8).uses_grouped_mm(torch.device("cuda"))
+    assert Detokenizer(8, mode="grouped").uses_grouped_mm(torch.device("cuda"))
+    assert not Detokenizer(8, mode="dense").uses_grouped_mm(cpu)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert Detokenizer(8).uses_grouped_mm(cpu)
+        assert not Detokenizer(4, mode="grouped").uses_grouped_mm(cpu)  # 8-byte bf16 rows
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Detokenizer(8, mode="sparse")
 
 
 def test_detokenizer_duplicates_and_empty_input():
@@ -186,12 +203,13 @@ def test_detokenizer_duplicates_and_empty_input():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["auto", "grouped", "dense"])
 @pytest.mark.parametrize("channels", [128, 4])  # 4 channels in bf16 (8-byte rows): the dense fallback
-def test_detokenizer_under_bf16_autocast(channels, device):
+def test_detokenizer_under_bf16_autocast(channels, mode, device):
     """Same dtype (float32: bf16 product + float32 bias) and values as the full product under autocast."""
     grid, _, offset = random_scenes([300, 120], seed=6)
     layout = patchify(grid.to(device), offset.to(device), patch_size=5)
-    det = Detokenizer(channels).to(device)
+    det = Detokenizer(channels, mode=mode).to(device)
     torch.nn.init.normal_(det.bias)
     tokens = torch.randn(layout.num_tokens, channels, device=device)
     with torch.autocast(device, dtype=torch.bfloat16):

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# GPU check of volt's kernels, run by the lead on a CUDA machine (fresh copy of the repo, python3 with a
-# CUDA build of torch, ninja, pytest, hypothesis; no venv needed). Steps, each with a time limit (together
-# at most 8.5 minutes; about 4 expected):
-#   1. card name (nvidia-smi);
+# GPU check of volt's kernels and models, run by the lead on a CUDA machine (fresh copy of the repo, python3 with
+# a CUDA build of torch, ninja, pytest, hypothesis; no venv needed). Steps, each with a time limit (about 5
+# minutes expected; the most important first, so a run cut short still reports them):
+#   1. card name (nvidia-smi), torch/CUDA versions;
 #   2. build the extension with the CUDA kernels (VOLT_FORCE_CUDA=1, MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0);
 #   3. the ops tests (tests/test_ops_*.py; their CUDA parity cases run because a GPU is visible);
-#   4. the CUDA benchmark (tools/bench.py ops --device cuda).
+#   4. the model tests (attention backends, Volt incl. the tokenizer/detokenizer, both SpUNet teacher backends);
+#   5. tools/bench_model.py --device cuda (ours vs the reference's tokenizer; the detokenizer's dense path too);
+#   6. tools/bench.py ops --device cuda; 7. tools/bench_train_step.py --device cuda (Volt-S bf16, MFU).
+# Optional carried inputs in .gpu/ (ignored by git; the device tool's `carry`), used when present:
+#   .gpu/fixtures/*.pt     -> VOLT_FIXTURES (the parity fixtures; ../shared does not travel);
+#   .gpu/site.tar.xz       -> unpacked to /tmp/volt_site on PYTHONPATH (spconv-cu126 + cumm + pccm, repacked
+#                             with xz because the spconv wheel alone is over the 64 MiB transfer limit).
 # A failing step is reported and the script goes on (a failed build skips the steps that need it).
-# Logs: printed, and also written to "$OUT/gpu_check_*.log" when OUT is set. Exit status: 0 only if
-# every step passed. Usage: bash tools/gpu_check.sh   (PYTHON=... to choose the interpreter)
+# Log: printed, and also written to "$OUT/gpu_check.log" when OUT is set. Exit status: 0 only if every step
+# passed. Usage: bash tools/gpu_check.sh   (PYTHON=... to choose the interpreter)
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 PY="${PYTHON:-python3}"
@@ -17,18 +23,21 @@ export VOLT_REQUIRE_EXT=0 PYTHONUNBUFFERED=1
 # Seen on the lent H200 image: CXX=/opt/gcc/bin/g++ links libstdc++ so that any C++ exception thrown by the
 # extension (a TORCH_CHECK on bad input) kills the process with SIGSEGV; the system g++ works. Prefer it.
 if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
-[ -n "${OUT:-}" ] && mkdir -p "$OUT"
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && exec > >(tee "$OUT/gpu_check.log") 2>&1; fi
+if [ -d .gpu/fixtures ]; then export VOLT_FIXTURES="$PWD/.gpu/fixtures"; fi
+if [ -f .gpu/site.tar.xz ]; then
+  mkdir -p /tmp/volt_site && tar -xJf .gpu/site.tar.xz -C /tmp/volt_site \
+    && export PYTHONPATH="/tmp/volt_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 FAILED=()
 # run NAME LIMIT_SECONDS CMD...: runs CMD with a time limit, tees its output to the log, records failure.
 run() {
   local name="$1" limit="$2"
   shift 2
-  local log=/dev/null
-  [ -n "${OUT:-}" ] && log="$OUT/gpu_check_${name}.log"
   echo "=== ${name} (limit ${limit}s): $* ==="
   local start=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1
   local rc=$?
   echo "=== ${name}: exit ${rc} after $((SECONDS - start))s ==="
   if [ "$rc" -ne 0 ]; then
@@ -39,9 +48,10 @@ run() {
 }
 
 run gpu 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-run versions 30 "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
-'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
-if run build 210 "$PY" setup.py build_ext --inplace; then
+run versions 60 "$PY" -c "import torch, sys, importlib.util as u; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), 'fixtures', \
+'${VOLT_FIXTURES:-none}'); print('spconv', u.find_spec('spconv') and __import__('spconv').__version__)"
+if run build 200 "$PY" setup.py build_ext --inplace; then
   run ext_info 30 "$PY" -c "import json, volt.ops as o; i = o.ext_info(); print(json.dumps(i, indent=1)); \
 assert i['extension_loaded'] and 'cuda' in i['kernels'].get('voxelize', []) and 'cuda' in i['kernels'].get('patchify', []), \
 'the CUDA kernels of voxelize/patchify are not registered'"
@@ -49,10 +59,11 @@ assert i['extension_loaded'] and 'cuda' in i['kernels'].get('voxelize', []) and 
 else
   echo "!!! build failed: skipping ext_info and tests (the benchmark still runs, on the reference)"
 fi
-run model_tests 150 "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_attention.py tests/test_volt.py tests/test_sparse_unet.py
-run bench 120 "$PY" tools/bench.py ops --device cuda
-run bench_model 150 "$PY" tools/bench_model.py --device cuda
-run bench_train_step 120 "$PY" tools/bench_train_step.py --device cuda
+run model_tests 120 "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_attention.py tests/test_volt.py \
+  tests/test_sparse_unet.py
+run bench_model 120 "$PY" tools/bench_model.py --device cuda
+run bench 90 "$PY" tools/bench.py ops --device cuda
+run bench_train_step 90 "$PY" tools/bench_train_step.py --device cuda
 
 echo
 if [ "${#FAILED[@]}" -eq 0 ]; then

@@ -19,7 +19,12 @@ voxels need, as ONE grouped GEMM (torch.nn.functional.grouped_mm) over the voxel
 of T·p³·U² multiply-adds and no (T, p³, U) tensor (4.3x fewer for a 2 cm room, 44x for a 5 cm LiDAR sweep).
 Where grouped_mm cannot take the operands (row strides must be multiples of 16 bytes, e.g. U = 4 in bf16) or
 this torch has no F.grouped_mm (older releases), `detokenize_dense` (the reference's formulation, the same
-function) runs instead.
+function) runs instead. On CUDA the dense product is the default: it measured faster there than the grouped
+GEMM (`tools/bench_model.py --device cuda`, H100, Volt-S bf16, 2 cm room: tokenize+detokenize forward 1.05 vs
+1.31 ms best, fwd+bwd 2.30 vs 2.47 ms), where the (T, p³, U) product is one large tensor-core GEMM and torch's
+grouped_mm has a fused kernel only for bf16 on sm90/sm100 (other dtypes loop over the groups after a host sync).
+`Detokenizer.mode` ("auto" | "grouped" | "dense") overrides the choice (benchmarks, tests); every mode computes
+the same function.
 
 Inputs/outputs: `Tokenizer(C, D)(feat (V, C), voxel2token (V,), slot (V,), num_tokens) -> (T, D)`;
 `Detokenizer(U)(tokens (T, U), voxel2token (V,), slot (V,)) -> (V, U)` in input order.
@@ -30,6 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MODES = ("auto", "grouped", "dense")
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -76,17 +83,27 @@ class Tokenizer(nn.Module):
 class Detokenizer(nn.Module):
     """Linear(U -> p³·U, no bias) as p³ (U, U) matrices, one per slot, plus one shared bias U."""
 
-    def __init__(self, channels: int, patch: int = 5):
+    def __init__(self, channels: int, patch: int = 5, mode: str = "auto"):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"Detokenizer mode must be one of {MODES}, got {mode!r}")
         self.channels = channels
         self.num_slots = patch**3
+        self.mode = mode
         self.proj = nn.Linear(channels, self.num_slots * channels, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
+
+    def uses_grouped_mm(self, device: torch.device) -> bool:
+        """Whether forward on `device` (under the current autocast state) takes the grouped GEMM."""
+        dtype = _compute_dtype(self.proj.weight)
+        if self.mode == "dense" or not hasattr(F, "grouped_mm") or (self.channels * dtype.itemsize) % 16:
+            return False
+        return self.mode == "grouped" or device.type == "cpu"  # auto: the CPU only (see the module docstring)
 
     def forward(self, tokens: torch.Tensor, voxel2token: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         u, s = self.channels, self.num_slots
         dtype = _compute_dtype(self.proj.weight)
-        if not hasattr(F, "grouped_mm") or (u * dtype.itemsize) % 16:  # the dense product: the same function
+        if not self.uses_grouped_mm(tokens.device):  # the dense product: the same function
             return detokenize_dense(tokens, voxel2token, slot, self.proj.weight, self.bias)
         sorted_slot, order = torch.sort(slot, stable=True)  # (V,) voxels grouped by slot
         # end of each slot's run, computed on the device (no host sync; grouped_mm wants int32)
