@@ -25,6 +25,15 @@ TORCH_LIBRARY(volt, m) {
   m.def("sparse_conv_weight_grad(Tensor feat, Tensor grad_out, Tensor in_idx, Tensor out_idx, Tensor offsets) "
         "-> Tensor");
   // <<< sparse convolution
+  // >>> slot-wise products of the tokenizer/detokenizer (volt/ops/slot_matmul.py); CPU only (CUDA runs torch's
+  // dense products); groups/blocks are CPU int64
+  m.def("slot_plan(Tensor voxel2token, Tensor slot, int num_tokens, int num_slots) -> "
+        "(Tensor order, Tensor token, Tensor groups, Tensor blocks)");
+  m.def("slot_matmul(Tensor x, Tensor weight, Tensor? bias, Tensor order, Tensor token, Tensor groups, "
+        "Tensor blocks, int num_out, bool to_tokens) -> Tensor");
+  m.def("slot_outer(Tensor a, Tensor b, Tensor order, Tensor token, Tensor groups, int num_slots, bool a_is_token) "
+        "-> Tensor");
+  // <<< slot-wise products
   // >>> superpoints (volt/ops/superpoint.py); CPU only: union-find is sequential
   m.def("felzenszwalb(Tensor edges, Tensor weights, int num_vertices, float k_thresh, int seg_min_verts) -> Tensor");
   // <<< superpoints

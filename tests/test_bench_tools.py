@@ -65,6 +65,11 @@ def _grouped_mm_flops(a_shape, b_shape, *args, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
 
 
+def _slot_matmul_flops(x_shape, weight_shape, bias_shape, order_shape, *args, **kwargs) -> int:
+    """volt::slot_matmul (the CPU tokenizer/detokenizer kernel): each of V voxels meets one (C_in, C_out) matrix."""
+    return 2 * order_shape[0] * weight_shape[1] * weight_shape[2]
+
+
 def test_volt_flops_matches_counted_matmuls_and_attention():
     grid, feat, offset = _two_scene_batch()
     model = bm.build_volt("volt-tiny", in_channels=6).eval()
@@ -80,6 +85,8 @@ def test_volt_flops_matches_counted_matmuls_and_attention():
     bm.attention_module.attention = counting
     try:
         grouped = {torch.ops.aten._grouped_mm: _grouped_mm_flops}  # torch's counter has no formula for it
+        if hasattr(torch.ops.volt, "slot_matmul"):  # nor for our kernel
+            grouped[torch.ops.volt.slot_matmul] = _slot_matmul_flops
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=grouped) as counter:
             model(grid, feat, offset)
     finally:
@@ -87,7 +94,11 @@ def test_volt_flops_matches_counted_matmuls_and_attention():
     layout = patchify(grid, offset)
     tokens = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
     assert len(attention_flops) == len(model.blocks)
-    assert bm.volt_flops(model, tokens, grid.shape[0]) == counter.get_total_flops() + sum(attention_flops)
+    dense_extra = 0  # the dense tokenizer (no extension) also multiplies the empty slots: T·p³ - V rows of C
+    if model.tokenizer.path(grid.device) == "dense":
+        dense_extra = 2 * (layout.num_tokens * 125 - grid.shape[0]) * model.in_channels * model.tokenizer.proj.out_features
+    counted = counter.get_total_flops() + sum(attention_flops)
+    assert bm.volt_flops(model, tokens, grid.shape[0]) + dense_extra == counted
 
 
 def test_attention_timer_counts_and_restores():

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, fixture_file
+from conftest import DEVICES, fixture_file, need_ext
 
 from volt.errors import DataError
 from volt.models import PRESETS, build_volt, convert_reference_state_dict, load_strict, volt_from_reference_config
 from volt.models.convert import split_reference_checkpoint
 from volt.models.tokenizer import Detokenizer, Tokenizer, detokenize_dense
+from volt.ops._ext import has_kernel
 from volt.ops.patchify import patchify
 
 
@@ -113,10 +114,10 @@ def reference_tokenize(feat, voxel2token, slot, num_tokens, proj):
 
 
 def test_tokenizer_is_the_reference_buffer_formulation():
-    """Distinct slots: bit-identical to the reference, outputs and gradients (feat, weight, bias)."""
+    """Dense mode, distinct slots: bit-identical to the reference, outputs and gradients (feat, weight, bias)."""
     grid, feat, offset = random_scenes([150, 90], extent=14, channels=5, seed=8)
     layout = patchify(grid, offset, patch_size=5)
-    tok = Tokenizer(5, 16)
+    tok = Tokenizer(5, 16, mode="dense")
     torch.nn.init.normal_(tok.proj.bias)
     t = layout.num_tokens
     feat_a, feat_b = feat.clone().requires_grad_(), feat.clone().requires_grad_()
@@ -130,11 +131,35 @@ def test_tokenizer_is_the_reference_buffer_formulation():
         assert torch.equal(a, b)
 
 
-def test_duplicate_voxels_are_summed():
+@pytest.mark.parametrize("sizes", [[150, 90], [1], [6000, 5000]])
+def test_tokenizer_kernel_equals_dense(sizes):
+    """The fused CPU kernel (auto's choice in float32): outputs and gradients (feat, weight, bias) equal the dense
+    buffer formulation up to rounding ([6000, 5000]: several token blocks)."""
+    need_ext("slot_matmul", "cpu")
+    grid, feat, offset = random_scenes(sizes, extent=40 if sum(sizes) > 1000 else 14, channels=5, seed=len(sizes))
+    layout = patchify(grid, offset, patch_size=5)
+    kernel, dense = Tokenizer(5, 16), Tokenizer(5, 16, mode="dense")
+    torch.nn.init.normal_(kernel.proj.bias)
+    dense.load_state_dict(kernel.state_dict())
+    assert kernel.path(feat.device) == "kernel" and dense.path(feat.device) == "dense"
+    results = []
+    for tok in (kernel, dense):
+        leaf = feat.clone().requires_grad_()
+        out = tok(leaf, layout.voxel2token, layout.slot, layout.num_tokens)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        results.append((out, *torch.autograd.grad(out, [leaf, tok.proj.weight, tok.proj.bias], grad_out)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="Tokenizer mode must be one of"):
+        Tokenizer(5, 16, mode="grouped")
+
+
+@pytest.mark.parametrize("mode", ["auto", "dense"])
+def test_duplicate_voxels_are_summed(mode):
     grid = torch.tensor([[1, 2, 3], [1, 2, 3], [7, 0, 0]], dtype=torch.int32)
     feat = torch.tensor([[1.0], [2.0], [4.0]])
     layout = patchify(grid, torch.tensor([3]), patch_size=5)
-    tok = Tokenizer(1, 2)
+    tok = Tokenizer(1, 2, mode=mode)
     out = tok(feat, layout.voxel2token, layout.slot, layout.num_tokens)
     slot = 1 * 25 + 2 * 5 + 3
     torch.testing.assert_close(out[0], tok.proj.bias + 3.0 * tok.proj.weight[:, slot])
@@ -164,22 +189,46 @@ def test_detokenizer_equals_full_product(sizes, device):
     det = Detokenizer(8, mode="grouped").to(device)
     torch.nn.init.normal_(det.bias)
     tokens = torch.randn(layout.num_tokens, 8, device=device)
-    assert det.uses_grouped_mm(tokens.device)
+    assert det.path(tokens.device) == "grouped"
     for a, b in zip(*_detokenize_both(det, tokens, layout)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_detokenizer_mode_choice():
-    """auto: grouped GEMM on the CPU (float32 and bf16), the dense product on CUDA and where the rows are not
-    16-byte aligned; dense: always the full product; an unknown mode is refused."""
-    cpu = torch.device("cpu")
-    assert Detokenizer(8).uses_grouped_mm(cpu)
-    assert not Detokenizer(8).uses_grouped_mm(torch.device("cuda"))
-    assert Detokenizer(8, mode="grouped").uses_grouped_mm(torch.device("cuda"))
-    assert not Detokenizer(8, mode="dense").uses_grouped_mm(cpu)
+@pytest.mark.parametrize("sizes", [[60, 45], [1], [400, 3, 250], [5000, 7000]])
+def test_detokenizer_kernel_equals_full_product(sizes):
+    """The fused CPU kernel (auto's choice in float32): outputs and gradients equal the full product
+    ([5000, 7000]: several token blocks)."""
+    need_ext("slot_matmul", "cpu")
+    grid, _, offset = random_scenes(sizes, extent=40 if sum(sizes) > 1000 else 12, seed=len(sizes))
+    layout = patchify(grid, offset, patch_size=5)
+    det = Detokenizer(16)
+    torch.nn.init.normal_(det.bias)
+    tokens = torch.randn(layout.num_tokens, 16)
+    assert det.path(tokens.device) == "kernel"
+    for a, b in zip(*_detokenize_both(det, tokens, layout)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_detokenizer_mode_choice(monkeypatch):
+    """auto: the fused kernel on the CPU in float32 (with the extension), the grouped GEMM on the CPU otherwise,
+    the dense product on CUDA and where the rows are not 16-byte aligned; kernel without the extension, or for a
+    dtype it lacks, is an error; dense: always the full product; an unknown mode is refused."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert Detokenizer(8).path(cuda) == "dense"
+    assert Detokenizer(8, mode="grouped").path(cuda) == "grouped"
+    assert Detokenizer(8, mode="dense").path(cpu) == "dense"
+    assert Detokenizer(8, mode="grouped").path(cpu) == "grouped"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert Detokenizer(8).uses_grouped_mm(cpu)
-        assert not Detokenizer(4, mode="grouped").uses_grouped_mm(cpu)  # 8-byte bf16 rows
+        assert Detokenizer(8).path(cpu) == "grouped"
+        assert Detokenizer(4, mode="grouped").path(cpu) == "dense"  # 8-byte bf16 rows
+        with pytest.raises(RuntimeError, match="mode 'kernel' needs"):
+            Detokenizer(8, mode="kernel").path(cpu)
+    assert Detokenizer(8).double().path(cpu) == "grouped"
+    monkeypatch.setenv("VOLT_OPS", "torch")
+    assert Detokenizer(8).path(cpu) == "grouped"
+    monkeypatch.delenv("VOLT_OPS")
+    if has_kernel("slot_matmul", "cpu"):
+        assert Detokenizer(8).path(cpu) == Detokenizer(8, mode="kernel").path(cpu) == "kernel"
     with pytest.raises(ValueError, match="mode must be one of"):
         Detokenizer(8, mode="sparse")
 

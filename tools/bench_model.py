@@ -10,8 +10,9 @@ channels (colour, normal), and "outdoor", a 32-beam LiDAR sweep of 35k points at
   Linear(U -> 125U) over all tokens, then a gather). Columns: median ms, tokens/s, achieved TFLOP/s
   (`volt_flops`; x3 for fwd+bwd), peak memory above weights and inputs, share of the forward spent in
   volt.models.attention.attention, our speed-up over the reference, and on CUDA the MFU (`bf16_peak`).
-- "tokenize": the tokenize + detokenize step alone (ours: volt.ops.patchify + the dense-buffer Linear + the
-  grouped-GEMM detokenizer of volt.models.tokenizer), forward and forward+backward, with the speed-up over
+- "tokenize": the tokenize + detokenize step alone (ours: volt.ops.patchify + the Tokenizer and Detokenizer of
+  volt.models.tokenizer in their "auto" modes: on the CPU in float32 the fused slot kernels of
+  volt.ops.slot_matmul, on CUDA the dense products), forward and forward+backward, with the speed-up over
   the reference (target >= 5x).
 On CUDA both tables add "volt grouped detok": ours with the detokenizer forced to the grouped GEMM (its
 mode="auto" takes the dense full product there, which measured faster; see volt.models.tokenizer).
@@ -169,17 +170,18 @@ class ReferenceTokenizerVolt(nn.Module):
 
 # --- FLOPs, timing, memory ------------------------------------------------------------------------------
 def volt_flops(model: VolumeTransformer, tokens_per_scene: list[int], voxels: int, num_classes: int = 0) -> float:
-    """Forward FLOPs (a multiply-add = 2) of `model`: per token 2·(4D² + 2·D·hidden) per block (qkv, proj, MLP),
-    2·p³·C·D (tokenizer: the Linear over the dense slot buffer) and 2·D·U (decoder pre); per scene of L tokens
-    4·L²·D per block (q·kᵀ and a·v); per voxel 2·U² (its detokenizer row) and 2·U·K (a K-class head). Norms,
+    """Forward FLOPs (a multiply-add = 2) of `model`: per token 2·(4D² + 2·D·hidden) per block (qkv, proj, MLP) and
+    2·D·U (decoder pre); per scene of L tokens 4·L²·D per block (q·kᵀ and a·v); per voxel 2·C·D (its tokenizer
+    slot), 2·U² (its detokenizer row) and 2·U·K (a K-class head). The tokenizer and detokenizer count the occupied
+    slots only, the work the layers need (a dense formulation does more: the reference's p³·C·D per token). Norms,
     RoPE, GELU and softmax are left out. A training step is counted as 3x the forward."""
     d, u, c = model.tokenizer.proj.out_features, model.out_channels, model.in_channels
     hidden = model.blocks[0].mlp.fc1.out_features
     depth = len(model.blocks)
     tokens = sum(tokens_per_scene)
     attn = depth * sum(4.0 * n * n * d for n in tokens_per_scene)
-    per_token = 2.0 * depth * (4 * d * d + 2 * d * hidden) + 2.0 * model.patch**3 * c * d + 2.0 * d * u
-    return tokens * per_token + voxels * 2.0 * (u * u + u * num_classes) + attn
+    per_token = 2.0 * depth * (4 * d * d + 2 * d * hidden) + 2.0 * d * u
+    return tokens * per_token + voxels * 2.0 * (c * d + u * u + u * num_classes) + attn
 
 
 def bf16_peak(device_name: str) -> float | None:
@@ -281,7 +283,7 @@ def _steps(net: nn.Module, scene: dict, device: str):
 
 @contextlib.contextmanager
 def detokenizer_mode(model: VolumeTransformer, mode: str):
-    """Runs `model`'s detokenizer in `mode` ("auto" | "grouped" | "dense") inside the block."""
+    """Runs `model`'s detokenizer in `mode` ("auto" | "kernel" | "grouped" | "dense") inside the block."""
     unembed = model.decoder.unembed
     saved, unembed.mode = unembed.mode, mode
     try:

@@ -1,4 +1,5 @@
-// Register-tiled float32 micro-kernels of the CPU sparse convolution (included by cpu/sparse_conv.cpp only).
+// Register-tiled float32 micro-kernels of the CPU sparse convolution (cpu/sparse_conv.cpp) and detokenizer
+// (cpu/detokenize.cpp), always inlined into their per-instruction-set entry points.
 // fwd_rows<T, R>:   out[r] += f[r] @ w for R gathered rows (w: C_in x C_out, row-major)
 // wgrad_rows<T, R>: grad[ci0 + r] += sum over pairs of feat[in][ci0 + r] * gout[out] for R input channels
 // T is a tiling for one instruction set: vector width W (floats), rows per tile R, at most NV vectors of

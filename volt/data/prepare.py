@@ -55,7 +55,7 @@ def run_jobs(jobs: list[Job], overwrite: bool = False, desc: str = "scenes", pro
         try:
             scene = job.read()
             write_scene(scene, job.out_dir, overwrite=True)
-        except Exception as exc:  # a bad scene must not stop the others
+        except Exception as exc:  # noqa: BLE001 - a bad scene must not stop the others
             summary.failed[job.name] = f"{type(exc).__name__}: {exc}"
             continue
         summary.written.append(job.name)
