@@ -111,32 +111,9 @@ VOLT_INLINE void outer_slot(const Plan& pl, const float* a, const int32_t* a_idx
   }
 }
 
-// One entry point per instruction set, chosen once at run time (as in cpu/sparse_conv.cpp).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-int isa_level() {  // 2: AVX-512, 1: AVX2 + FMA, 0: baseline
-  static const int level = __builtin_cpu_supports("avx512f")                                      ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                             : 0;
-  return level;
-}
-#define VOLT_ISA_VARIANTS(NAME, PARAMS, ARGS)                                          \
-  __attribute__((target("avx512f"))) void NAME##_avx512 PARAMS { NAME<Avx512> ARGS; } \
-  __attribute__((target("avx2,fma"))) void NAME##_avx2 PARAMS { NAME<Avx2> ARGS; }    \
-  void NAME##_best PARAMS {                                                            \
-    if (isa_level() == 2)                                                              \
-      NAME##_avx512 ARGS;                                                              \
-    else if (isa_level() == 1)                                                         \
-      NAME##_avx2 ARGS;                                                                \
-    else                                                                               \
-      NAME<Sse> ARGS;                                                                  \
-  }
-#else
-#define VOLT_ISA_VARIANTS(NAME, PARAMS, ARGS) \
-  void NAME##_best PARAMS { NAME<Sse> ARGS; }
-#endif
-
-VOLT_ISA_VARIANTS(matmul_block, (const Plan& pl, const MatmulJob& j, int64_t b), (pl, j, b))
-VOLT_ISA_VARIANTS(outer_slot,
+// One entry point per instruction set, chosen once at run time.
+VOLT_TILE_VARIANTS(matmul_block, (const Plan& pl, const MatmulJob& j, int64_t b), (pl, j, b))
+VOLT_TILE_VARIANTS(outer_slot,
                   (const Plan& pl, const float* a, const int32_t* a_idx, const float* bm, const int32_t* b_idx,
                    int64_t ca, int64_t cb, float* grad, int64_t s),
                   (pl, a, a_idx, bm, b_idx, ca, cb, grad, s))

@@ -116,46 +116,10 @@ VOLT_INLINE void wgrad_chunk(const Job& j, const int32_t* in_idx, const int32_t*
 }
 
 // One entry point per instruction set (vector width and tile sizes differ), chosen once at run time.
-using FwdFn = void (*)(const Job&, float*, int64_t, int64_t, int64_t, int64_t);
-using WgradFn = void (*)(const Job&, const int32_t*, const int32_t*, int64_t, float*);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define VOLT_AVX2 __attribute__((target("avx2,fma")))
-#define VOLT_AVX512 __attribute__((target("avx512f")))
-VOLT_AVX2 void fwd_avx2(const Job& j, float* out, int64_t k0, int64_t k1, int64_t o0, int64_t o1) {
-  fwd_block<Avx2>(j, out, k0, k1, o0, o1);
-}
-VOLT_AVX512 void fwd_avx512(const Job& j, float* out, int64_t k0, int64_t k1, int64_t o0, int64_t o1) {
-  fwd_block<Avx512>(j, out, k0, k1, o0, o1);
-}
-VOLT_AVX2 void wgrad_avx2(const Job& j, const int32_t* in_idx, const int32_t* out_idx, int64_t n, float* partial) {
-  wgrad_chunk<Avx2>(j, in_idx, out_idx, n, partial);
-}
-VOLT_AVX512 void wgrad_avx512(const Job& j, const int32_t* in_idx, const int32_t* out_idx, int64_t n, float* partial) {
-  wgrad_chunk<Avx512>(j, in_idx, out_idx, n, partial);
-}
-int isa_level() {  // 2: AVX-512, 1: AVX2 + FMA, 0: baseline
-  static const int level = __builtin_cpu_supports("avx512f") ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                             : 0;
-  return level;
-}
-#else
-int isa_level() { return 0; }
-#endif
-FwdFn fwd_kernel() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (isa_level() == 2) return fwd_avx512;
-  if (isa_level() == 1) return fwd_avx2;
-#endif
-  return fwd_block<Sse>;
-}
-WgradFn wgrad_kernel() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (isa_level() == 2) return wgrad_avx512;
-  if (isa_level() == 1) return wgrad_avx2;
-#endif
-  return wgrad_chunk<Sse>;
-}
+VOLT_TILE_VARIANTS(fwd_block, (const Job& j, float* out, int64_t k0, int64_t k1, int64_t o0, int64_t o1),
+                   (j, out, k0, k1, o0, o1))
+VOLT_TILE_VARIANTS(wgrad_chunk, (const Job& j, const int32_t* in_idx, const int32_t* out_idx, int64_t n, float* partial),
+                   (j, in_idx, out_idx, n, partial))
 
 void wgrad_chunk_f64(const double* feat, const double* gout, const int32_t* in_idx, const int32_t* out_idx, int64_t n,
                      int64_t cin, int64_t cout, double* partial) {
@@ -232,7 +196,7 @@ at::Tensor sparse_conv_forward_cpu(const at::Tensor& feat_in, const at::Tensor& 
         std::memset(static_cast<char*>(out.data_ptr()) + o0 * cout * out.element_size(), 0,
                     (o1 - o0) * cout * out.element_size());
       if (st == at::kFloat)
-        fwd_kernel()(job, out.data_ptr<float>(), k0, k1, o0, o1);
+        fwd_block_best(job, out.data_ptr<float>(), k0, k1, o0, o1);
       else
         fwd_block_f64(feat.data_ptr<double>(), weight.data_ptr<double>(), out.data_ptr<double>(), taps.data(), k0,
                       k1, cin, cout, o0, o1);
@@ -277,7 +241,7 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& feat_in, const at::Tens
         return;
       }
     if (st == at::kFloat)
-      wgrad_kernel()(job, pi + p0, po + p0, n, partial.data_ptr<float>() + c * cin * cout);
+      wgrad_chunk_best(job, pi + p0, po + p0, n, partial.data_ptr<float>() + c * cin * cout);
     else
       wgrad_chunk_f64(feat.data_ptr<double>(), gout.data_ptr<double>(), pi + p0, po + p0, n, cin, cout,
                       partial.data_ptr<double>() + c * cin * cout);

@@ -153,5 +153,37 @@ VOLT_INLINE void wgrad_tail(const float* feat, const float* gout, const int32_t*
   }
 }
 
+// Instruction set of the running CPU for the tiles: 2 = AVX-512, 1 = AVX2 + FMA, 0 = baseline (Sse).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+inline int isa_level() {
+  static const int level = __builtin_cpu_supports("avx512f")                                      ? 2
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                                             : 0;
+  return level;
+}
+#else
+inline int isa_level() { return 0; }
+#endif
+
 }  // namespace tiles
 }  // namespace volt
+
+// VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS): for a function template NAME<Tiling> that inlines the tiles, defines
+// NAME_best PARAMS, which runs NAME<Avx512>, NAME<Avx2> or NAME<Sse> ARGS by isa_level(); the wide variants
+// are compiled with their target attributes. Use it at namespace scope where the tiles' names are visible.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS)                                         \
+  __attribute__((target("avx512f"))) void NAME##_avx512 PARAMS { NAME<Avx512> ARGS; } \
+  __attribute__((target("avx2,fma"))) void NAME##_avx2 PARAMS { NAME<Avx2> ARGS; }    \
+  void NAME##_best PARAMS {                                                            \
+    if (isa_level() == 2)                                                              \
+      NAME##_avx512 ARGS;                                                              \
+    else if (isa_level() == 1)                                                         \
+      NAME##_avx2 ARGS;                                                                \
+    else                                                                               \
+      NAME<Sse> ARGS;                                                                  \
+  }
+#else
+#define VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS) \
+  void NAME##_best PARAMS { NAME<Sse> ARGS; }
+#endif
