@@ -43,7 +43,14 @@ from torch import nn
 from volt.ops import _ext
 from volt.ops.slot_matmul import detokenize_linear, tokenize_linear
 
-MODES = ("auto", "kernel", "grouped", "dense")
+TOKENIZER_MODES = ("auto", "kernel", "dense")
+DETOKENIZER_MODES = ("auto", "kernel", "grouped", "dense")
+
+
+def _checked_mode(layer: str, mode: str, modes: tuple[str, ...]) -> str:
+    if mode not in modes:
+        raise ValueError(f"{layer} mode must be one of {modes}, got {mode!r}")
+    return mode
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -89,11 +96,9 @@ class Tokenizer(nn.Module):
 
     def __init__(self, in_channels: int, embed_dim: int, patch: int = 5, mode: str = "auto"):
         super().__init__()
-        if mode not in ("auto", "kernel", "dense"):
-            raise ValueError(f"Tokenizer mode must be one of ('auto', 'kernel', 'dense'), got {mode!r}")
         self.in_channels = in_channels
         self.num_slots = patch**3
-        self.mode = mode
+        self.mode = _checked_mode("Tokenizer", mode, TOKENIZER_MODES)
         self.proj = nn.Linear(self.num_slots * in_channels, embed_dim)
 
     def path(self, device: torch.device) -> str:
@@ -115,11 +120,9 @@ class Detokenizer(nn.Module):
 
     def __init__(self, channels: int, patch: int = 5, mode: str = "auto"):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"Detokenizer mode must be one of {MODES}, got {mode!r}")
         self.channels = channels
         self.num_slots = patch**3
-        self.mode = mode
+        self.mode = _checked_mode("Detokenizer", mode, DETOKENIZER_MODES)
         self.proj = nn.Linear(channels, self.num_slots * channels, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
 
@@ -134,27 +137,36 @@ class Detokenizer(nn.Module):
         return "grouped" if self.mode == "grouped" or device.type == "cpu" else "dense"
 
     def forward(self, tokens: torch.Tensor, voxel2token: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        u, s = self.channels, self.num_slots
-        dtype = _compute_dtype(self.proj.weight)
         path = self.path(tokens.device)
         if path == "kernel":
             return detokenize_linear(tokens, self.proj.weight, self.bias, voxel2token, slot)
-        if path == "dense":  # the reference's full product: the same function
-            return detokenize_dense(tokens, voxel2token, slot, self.proj.weight, self.bias)
-        sorted_slot, order = torch.sort(slot, stable=True)  # (V,) voxels grouped by slot
-        # end of each slot's run, computed on the device (no host sync; grouped_mm wants int32)
-        ends = torch.searchsorted(sorted_slot, torch.arange(1, s + 1, device=slot.device), out_int32=True)
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        w = self.proj.weight.to(dtype).view(s, u, u).transpose(1, 2)  # (S, U_in, U_out), a view
-        token_sorted = voxel2token.index_select(0, order)  # (V,) each voxel's token, in slot order
-        # (V, U): token rows times their slot's matrix. The gathered rows are a temporary: freed at once in
-        # inference (peak 2 (V, U) tensors, not 3), kept by autograd for the weight gradient in training.
-        per_voxel = F.grouped_mm(tokens.index_select(0, token_sorted).to(dtype), w, offs=ends)
-        if per_voxel.dtype == torch.promote_types(per_voxel.dtype, self.bias.dtype):
-            per_voxel = per_voxel.add_(self.bias)  # in place: one (V, U) tensor fewer to allocate
-        else:  # low-precision product + float32 bias -> float32, as the reference's `full[...] + bias`
-            per_voxel = per_voxel + self.bias
-        return _PermuteRows.apply(per_voxel, inverse, order)  # back to input order
+        if path == "grouped":
+            return detokenize_grouped(tokens, voxel2token, slot, self.proj.weight, self.bias,
+                                      _compute_dtype(self.proj.weight))
+        return detokenize_dense(tokens, voxel2token, slot, self.proj.weight, self.bias)
+
+
+def detokenize_grouped(
+    tokens: torch.Tensor, voxel2token: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """One grouped GEMM in `dtype` over the voxels sorted by slot; weight (S·U, U) as S (U, U) matrices."""
+    u = tokens.shape[1]
+    s = weight.shape[0] // u
+    sorted_slot, order = torch.sort(slot, stable=True)  # (V,) voxels grouped by slot
+    # end of each slot's run, computed on the device (no host sync; grouped_mm wants int32)
+    ends = torch.searchsorted(sorted_slot, torch.arange(1, s + 1, device=slot.device), out_int32=True)
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    w = weight.to(dtype).view(s, u, u).transpose(1, 2)  # (S, U_in, U_out), a view
+    token_sorted = voxel2token.index_select(0, order)  # (V,) each voxel's token, in slot order
+    # (V, U): token rows times their slot's matrix. The gathered rows are a temporary: freed at once in
+    # inference (peak 2 (V, U) tensors, not 3), kept by autograd for the weight gradient in training.
+    per_voxel = F.grouped_mm(tokens.index_select(0, token_sorted).to(dtype), w, offs=ends)
+    if per_voxel.dtype == torch.promote_types(per_voxel.dtype, bias.dtype):
+        per_voxel = per_voxel.add_(bias)  # in place: one (V, U) tensor fewer to allocate
+    else:  # low-precision product + float32 bias -> float32, as the reference's `full[...] + bias`
+        per_voxel = per_voxel + bias
+    return _PermuteRows.apply(per_voxel, inverse, order)  # back to input order
 
 
 def detokenize_dense(
