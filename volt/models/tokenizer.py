@@ -9,7 +9,7 @@ the token's slot buffer. Two formulations of this one function ("dense" | "kerne
   Linear. For voxels at distinct slots it is bit-identical to the reference's layer.
 - kernel (auto's choice on the CPU in float32 with volt's extension): `volt.ops.slot_matmul.tokenize_linear`
   adds W[:, slot·C : (slot+1)·C] · feat[v] per voxel as grouped GEMMs, never building the buffer: V·C·D
-  multiply-adds instead of T·p³·C·D (3.5x fewer for a 2 cm room, 87x for a 5 cm LiDAR sweep). Equal to the
+  multiply-adds instead of T·p³·C·D (4.3x fewer for a 2 cm room, 44x for a 5 cm LiDAR sweep: T·p³/V). Equal to the
   dense result up to float rounding (the sums run in another order).
 Two voxels in the same slot of the same patch (possible after scene mixing, spec §5 item 5) are SUMMED by
 both: a deliberate, defined rule (the reference's scatter keeps one of them, last write wins, order undefined).
