@@ -9,17 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import use_backend
 
 from volt.errors import DataError
-from volt.ops import _ext
 from volt.ops import superpoint as sp
-
-needs_kernel = pytest.mark.skipif(not _ext.has_kernel("felzenszwalb", "cpu"),
-                                  reason="volt._C has no CPU felzenszwalb kernel (extension not built)")
-
-
-def kernel(n, edges, weights, k_thresh=0.01, seg_min_verts=20):
-    return torch.ops.volt.felzenszwalb(edges, (weights.float() + 0.0), n, float(np.float32(k_thresh)), seg_min_verts)
 
 
 def random_graph(seed: int, n: int, e: int, ties: bool):
@@ -34,30 +27,32 @@ def random_graph(seed: int, n: int, e: int, ties: bool):
     return edges, w
 
 
-@needs_kernel
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
-def test_kernel_equals_reference_random(seed, ties):
+def test_kernel_equals_reference_random(seed, ties, monkeypatch):
+    use_backend(monkeypatch, "ext", "felzenszwalb", "cpu")
     n = 50 + 97 * seed
     edges, w = random_graph(seed, n, 3 * n, ties)
     for k_thresh, min_verts in ((0.01, 20), (0.05, 3), (0.002, 1)):
         ref = sp.felzenszwalb_reference(n, edges, w, k_thresh, min_verts)
-        assert torch.equal(kernel(n, edges, w, k_thresh, min_verts), ref)
+        assert torch.equal(sp.felzenszwalb(n, edges, w, k_thresh, min_verts), ref)
+        if ties:  # -0 weights are used as given: the result is that of +0
+            assert torch.equal(sp.felzenszwalb_reference(n, edges, w + 0.0, k_thresh, min_verts), ref)
 
 
-@needs_kernel
-def test_kernel_equals_reference_edge_cases():
+def test_kernel_equals_reference_edge_cases(monkeypatch):
+    use_backend(monkeypatch, "ext", "felzenszwalb", "cpu")
     empty = torch.zeros((0, 2), dtype=torch.long)
     no_w = torch.zeros(0)
     for n in (0, 1, 7):  # empty graph, one vertex, vertices without edges
-        assert torch.equal(kernel(n, empty, no_w), sp.felzenszwalb_reference(n, empty, no_w))
+        assert torch.equal(sp.felzenszwalb(n, empty, no_w), sp.felzenszwalb_reference(n, empty, no_w))
         assert torch.equal(sp.felzenszwalb_reference(n, empty, no_w), torch.arange(n))
     # two disconnected parts with self loops and repeated edges
     edges = torch.tensor([[0, 1], [1, 2], [2, 2], [5, 6], [6, 5], [6, 7], [3, 4]])
     w = torch.tensor([0.0, 0.001, 0.0, 0.002, 0.002, 0.5, 0.0])
     ref = sp.felzenszwalb_reference(8, edges, w, 0.01, 1)
     assert ref.tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
-    assert torch.equal(kernel(8, edges, w, 0.01, 1), ref)
+    assert torch.equal(sp.felzenszwalb(8, edges, w, 0.01, 1), ref)
     # schema, fake kernel (torch.compile) and dispatch registration
     torch.library.opcheck(torch.ops.volt.felzenszwalb.default, (edges, w, 8, 0.01, 1))
 
@@ -205,6 +200,20 @@ def test_cloud_superpoints_respect_crease(seed, angle):
     assert np.sort(big)[-2:].sum() > 0.9 * len(ids)  # the two planes are the two big segments
 
 
+def test_pca_normals_chunks_and_axis():
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(3)
+    coord = rng.random((300, 3)).astype(np.float32) * np.float32([1.0, 1.0, 0.05])  # a slab: normals near +-z
+    nbr, _ = sp.knn_edges(coord.astype(np.float64), 8)
+    whole = sp.pca_normals(coord, nbr)
+    assert whole.dtype == np.float32 and whole.shape == (300, 3)
+    np.testing.assert_array_equal(sp.pca_normals(coord, nbr, chunk=7), whole)  # chunking changes nothing
+    for i in (0, 150, 299):  # each row: the smallest-variance axis of its neighbours, up to sign
+        pts = coord[nbr[i]].astype(np.float64)
+        axis = np.linalg.eigh(np.cov(pts.T))[1][:, 0]
+        assert abs(float(axis @ whole[i])) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_cloud_superpoints_types_and_small_inputs():
     pytest.importorskip("scipy")
     coord, normal, _ = two_planes(0, 90.0, n=100)
@@ -222,5 +231,5 @@ def test_cloud_superpoints_types_and_small_inputs():
 
 def test_dispatch_torch_mode(monkeypatch):
     edges, w = random_graph(9, 200, 600, ties=True)
-    monkeypatch.setenv("VOLT_OPS", "torch")
+    use_backend(monkeypatch, "torch", "felzenszwalb", "cpu")
     assert torch.equal(sp.felzenszwalb(200, edges, w), sp.felzenszwalb_reference(200, edges, w))

@@ -84,20 +84,17 @@ def mesh_normals(path: Path, num_points: int) -> np.ndarray:
 
 def estimate_normals(coord: np.ndarray, k: int = NORMAL_NEIGHBOURS) -> np.ndarray:
     """(N, 3) float32 unit normals by PCA of each point's k nearest neighbours, facing the bbox centre."""
+    from volt.ops.superpoint import pca_normals  # here: keeps torch and the ops out of this module's import
+
     spatial = require("scipy.spatial", "instance", "Estimating normals")
     coord = np.asarray(coord, dtype=np.float64)
     k = max(3, min(k, len(coord)))
     _, nbr = spatial.cKDTree(coord).query(coord, k=k)  # (N, k), the point itself included
-    out = np.empty_like(coord)
-    for start in range(0, len(coord), 65536):  # chunks keep the (n, k, 3) neighbourhoods small
-        pts = coord[nbr[start:start + 65536]]  # (n, k, 3)
-        centred = pts - pts.mean(axis=1, keepdims=True)
-        cov = np.einsum("nki,nkj->nij", centred, centred)  # (n, 3, 3)
-        out[start:start + 65536] = np.linalg.eigh(cov)[1][:, :, 0]  # eigenvector of the smallest eigenvalue
+    out = pca_normals(coord, nbr)  # float32, sign arbitrary
     centre = (coord.min(axis=0) + coord.max(axis=0)) / 2
-    flip = np.einsum("ni,ni->n", out, centre - coord) < 0
+    flip = np.einsum("ni,ni->n", out.astype(np.float64), centre - coord) < 0
     out[flip] *= -1
-    return out.astype(np.float32)
+    return out
 
 
 def model_inputs(

@@ -57,13 +57,20 @@ def _check_graph(num_vertices: int, edges: Tensor, weights: Tensor) -> tuple[Ten
     if edges.numel() and (int(edges.min()) < 0 or int(edges.max()) >= num_vertices):
         raise DataError(None, f"volt: edges index vertices {int(edges.min())}..{int(edges.max())} "
                               f"but the graph has {num_vertices} vertices")
-    return edges, (weights.float() + 0.0).contiguous()  # + 0.0 turns -0 into +0
+    # -0 stays as given: the stable sort and the <= tests treat it as +0 (the kernel's bit key maps it)
+    return edges, weights.float().contiguous()
 
 
 def felzenszwalb_reference(num_vertices: int, edges: Tensor, weights: Tensor, k_thresh: float = 0.01,
                            seg_min_verts: int = 20) -> Tensor:
     """The specification (module docstring, steps 1-4) in plain Python; (N,) int64 segment ids."""
     edges, weights = _check_graph(num_vertices, edges, weights)
+    return _reference_checked(num_vertices, edges, weights, k_thresh, seg_min_verts)
+
+
+def _reference_checked(num_vertices: int, edges: Tensor, weights: Tensor, k_thresh: float,
+                       seg_min_verts: int) -> Tensor:
+    """`felzenszwalb_reference` on inputs that `_check_graph` returned."""
     order = torch.sort(weights, stable=True).indices  # stable: ties keep edge order; NaN sorts last
     ea, eb = edges[order, 0].tolist(), edges[order, 1].tolist()
     ws = weights[order].tolist()  # float32 values, exact as Python floats
@@ -117,7 +124,7 @@ def felzenszwalb(num_vertices: int, edges: Tensor, weights: Tensor, k_thresh: fl
     edges, weights = _check_graph(int(num_vertices), edges, weights)
     if _ext.use_ext("felzenszwalb", "cpu"):
         return torch.ops.volt.felzenszwalb(edges, weights, int(num_vertices), float(F32(k_thresh)), int(seg_min_verts))
-    return felzenszwalb_reference(int(num_vertices), edges, weights, k_thresh, seg_min_verts)
+    return _reference_checked(int(num_vertices), edges, weights, k_thresh, seg_min_verts)
 
 
 def _to_numpy(x, what: str, dtype) -> np.ndarray:
@@ -215,14 +222,18 @@ def knn_edges(coord: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return nbr, np.stack([key // n, key % n], axis=1)
 
 
-def pca_normals(coord: np.ndarray, nbr: np.ndarray) -> np.ndarray:
-    """(N, 3) float32 unit normals: smallest-eigenvalue axis of each neighbourhood's covariance.
-    Their sign is arbitrary, so weights built from them must ignore it (rule "unoriented")."""
-    pts = coord[nbr].astype(np.float64)  # (N, K, 3)
-    centred = pts - pts.mean(1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", centred, centred)
-    _, vec = np.linalg.eigh(cov)  # ascending eigenvalues
-    return vec[:, :, 0].astype(F32)
+def pca_normals(coord: np.ndarray, nbr: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """(N, 3) float32 unit normals: smallest-eigenvalue axis of the covariance of each row's neighbours
+    `coord[nbr[i]]` (nbr (N, K)), in float64. Their sign is arbitrary, so weights built from them must
+    ignore it (rule "unoriented"), or the caller orients them."""
+    coord = np.asarray(coord, dtype=np.float64)
+    out = np.empty((len(nbr), 3), dtype=F32)
+    for start in range(0, len(nbr), chunk):  # chunks keep the (n, K, 3) neighbourhoods small at 1M points
+        pts = coord[nbr[start:start + chunk]]  # (n, K, 3)
+        centred = pts - pts.mean(1, keepdims=True)
+        cov = np.einsum("nki,nkj->nij", centred, centred)  # (n, 3, 3)
+        out[start:start + chunk] = np.linalg.eigh(cov)[1][:, :, 0]  # ascending eigenvalues: the smallest
+    return out
 
 
 def cloud_superpoints(coord, normal=None, *, k: int = 16, k_thresh: float = 0.01, seg_min_verts: int = 20):
