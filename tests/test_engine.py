@@ -233,6 +233,56 @@ def test_optimizer_step_clips_the_unscaled_gradient():
     assert torch.allclose(model.weight.grad, torch.tensor([[0.6, 0.8]]))
 
 
+@pytest.mark.parametrize("clip_grad", [None, 1.0])
+def test_nan_loss_step_is_skipped_without_the_scaler(clip_grad):
+    # fp32: no GradScaler to catch it; AdamW with weight decay would move the weights even on zero grads
+    model = nn.Linear(2, 1)
+    opt = build_optimizer(model, 1e-2, 0.05)
+    sched = build_scheduler(opt, 1e-2, 10)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the EMA differs from the weights: an update would show
+    before = [p.detach().clone() for p in model.parameters()]
+    ema_before = [p.detach().clone() for p in ema.module.parameters()]
+    lr_before = opt.param_groups[0]["lr"]
+    (model(torch.ones(1, 2)).sum() * float("nan")).backward()
+    stepped, norm = apply_step(opt, scaler, sched, ema, model, clip_grad)
+    assert not stepped and (norm is None if clip_grad is None else math.isnan(norm))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, ema.module.parameters()))
+    assert sched.last_epoch == 0 and opt.param_groups[0]["lr"] == lr_before and not opt.state
+    assert all(p.grad is None for p in model.parameters())
+    model(torch.ones(1, 2)).sum().backward()  # a finite step afterwards goes through
+    stepped, _ = apply_step(opt, scaler, sched, ema, model, clip_grad)
+    assert stepped and sched.last_epoch == 1 and not torch.equal(before[0], model.weight)
+
+
+def test_nan_loss_counts_as_a_skipped_step_in_a_run(tmp_path, monkeypatch):
+    from volt.models.segmentor import Segmentor
+
+    forward, calls = Segmentor.forward, []
+
+    def poisoned(self, batch):  # the 3rd training step's loss is NaN (fp32 run)
+        out = forward(self, batch)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Segmentor, "forward", poisoned)
+    result = fit(toy_config(tmp_path, epochs=2, eval_epochs=2), toy_loaders(4, 1, side=6))
+    assert result.steps == 8
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = {r["step"]: r["skipped_steps"] for r in records if r["kind"] == "train"}
+    assert skipped == {s: float(s == 3) for s in range(1, 9)}
+    ckpt = load_checkpoint(result.last)
+    assert ckpt["scheduler"]["last_epoch"] == 7  # 8 steps, one skipped
+    assert all(float(st["step"]) == 7 for st in ckpt["optimizer"]["state"].values())
+    assert all(torch.isfinite(v).all() for v in state_of(result.last).values() if v.is_floating_point())
+
+
 # --- full runs ------------------------------------------------------------------------------------------------
 def test_resume_continues_exactly(tmp_path):
     """8 steps in one go == 3 steps, stop, resume for the remaining 5 (mid-epoch, drop-path RNG included)."""

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from volt.data.pipelines_instance import collate_instances, scannet_instance_train, scannet_instance_val
 from volt.models import build_volt
-from volt.models.instance_loss import InstanceCriterion, dice_loss
+from volt.models.instance_loss import InstanceCriterion
 from volt.models.instance_segmentor import InstanceSegmentor, matrix_nms
-from volt.models.matching import HungarianMatcher, match_cost, pairwise_bce, pairwise_dice
+from volt.models.matching import HungarianMatcher, dice_loss, match_cost, pairwise_bce, pairwise_dice
 from volt.models.spformer import superpoint_pool
 
 pytest.importorskip("scipy")
@@ -81,6 +81,17 @@ def test_criterion_rematches_every_layer():
     assert parts["bce"] < 1e-4 and parts["dice"] < 1e-4 and parts["matched_correct"] == 2
     assert both.item() == pytest.approx(2 * single.item(), rel=1e-4)  # layer 0 matched on its own
     assert crit([wrong], targets)[0] > single + 1.0
+    _, last_parts = crit([layer1, wrong], targets)  # the counts are the final step's, not a sum over steps
+    assert last_parts["matched"] == 2 and last_parts["matched_correct"] == 0
+    assert crit([wrong, layer1], targets)[1]["matched_correct"] == 2
+
+
+def test_criterion_passes_a_nonfinite_loss_on():
+    # no silent zero: the optimizer step skips the NaN gradients (volt.engine.optim.optimizer_step)
+    gt_masks, gt_cls = torch.tensor([[1, 1, 0, 0.0]]), torch.tensor([0])
+    preds = [[(torch.zeros(3, 3), torch.full((3, 4), float("nan")))]]
+    loss, parts = InstanceCriterion(2)(preds, [(gt_cls, gt_masks)])
+    assert not torch.isfinite(loss) and not torch.isfinite(parts["loss"])
 
 
 def test_criterion_weights_and_scene_without_instances():
@@ -100,7 +111,7 @@ def test_criterion_weights_and_scene_without_instances():
 def test_superpoint_pool_means():
     feat = torch.tensor([[1.0, 0], [3, 2], [5, 4], [7, 6]])
     sp = torch.tensor([1, 0, 1, 1])
-    out = superpoint_pool(feat, sp, 3)
+    out = superpoint_pool(feat, sp, torch.tensor([1, 3, 0]))  # id 2 has no rows
     assert torch.allclose(out, torch.tensor([[3.0, 2], [13 / 3, 10 / 3], [0, 0]]))
 
 
@@ -132,7 +143,7 @@ def test_scene_targets_by_hand():
     sp = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
     inst = torch.tensor([7, 7, 7, 7, 7, 3, 5, 5])
     seg = torch.tensor([4, 4, 4, -1, 6, 0, -1, -1])
-    cls, masks = model.scene_targets(seg, inst, sp)
+    cls, masks = model.scene_targets(seg, inst, sp, torch.tensor([4, 2, 2]))
     assert cls.tolist() == [model.to_head[4].item()] and model.class_map[cls].tolist() == [4]
     assert masks.tolist() == [[1.0, 0.0, 0.0]]
 

@@ -6,12 +6,16 @@
 - `build_scheduler(optimizer, max_lr, total_steps, ...)`: torch's OneCycleLR with the reference settings:
   lr rises from max_lr/div_factor to max_lr over pct_start of the steps, then cos-anneals to
   max_lr/div_factor/final_div_factor; AdamW's β1 cycles inversely between 0.95 and 0.85 (cycle_momentum).
-- `optimizer_step(optimizer, scaler) -> bool`: step through the GradScaler; False when the scaler skipped the
-  step (inf/NaN gradients, scale decreased): the caller then must not step the scheduler nor update the EMA.
+- `optimizer_step(optimizer, scaler, clip_grad) -> (stepped, grad_norm)`: step through the GradScaler;
+  stepped=False when the step was skipped for inf/NaN gradients (fp16: the scaler's scale decreased; without
+  the scaler: the total gradient norm is not finite, the grads are cleared and AdamW is not stepped, so
+  neither its moments nor weight decay move the weights): the caller then must not step the scheduler nor
+  update the EMA.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -82,13 +86,21 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
                    clip_grad: float | None = None) -> tuple[bool, float | None]:
     """Unscale, clip (optional), step and update the scaler. Returns (stepped, grad_norm or None).
 
-    A skipped step is detected as the reference does: the scale decreased in `scaler.update()`.
+    A skipped step is detected as the reference does with the fp16 scaler: the scale decreased in
+    `scaler.update()`. Without the scaler (fp32/bf16) nothing would stop a NaN/inf gradient, so the step is
+    skipped here when the total gradient norm is not finite.
     """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grad_norm = None
     if clip_grad is not None:
         scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
+    if not scaler.is_enabled():
+        # clip_grad_norm_ already returned the norm; otherwise one reduction (and sync) per optimizer step
+        norm = grad_norm if grad_norm is not None else float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return False, grad_norm
     scale_before = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()

@@ -8,9 +8,11 @@ last.pt and best.pt (volt.engine.checkpoint, written atomically).
 
 One trainer epoch is one evaluation cycle (epochs // eval_epochs passes over the data, the loader's loop).
 Per micro-batch: forward under autocast -> loss / grad_accum -> backward (DDP syncs only on the last
-micro-batch). Per optimizer step: optional clipping, GradScaler step; only when the scaler did not skip the
-step: OneCycle scheduler step and EMA update. Schedule length = (len(loader) // grad_accum) · eval_epochs
-(a remainder of fewer than grad_accum batches at the end of an epoch is not used).
+micro-batch). Per optimizer step: optional clipping, GradScaler step; a step with inf/NaN gradients is skipped
+(by the fp16 scaler, else by volt.engine.optim.optimizer_step) and counted in the log's skipped_steps; only
+a step taken advances the OneCycle scheduler and updates the EMA. Schedule length =
+(len(loader) // grad_accum) · eval_epochs (a remainder of fewer than grad_accum batches at the end of an
+epoch is not used).
 After each cycle: quick validation of the EMA model (volt.engine.evaluate.validate), last.pt, best.pt on
 the best EMA mIoU. Resume (train.resume) restores model, optimizer, scheduler, scaler, EMA, best metric,
 every rank's RNG states and the position (epoch + optimizer step within it); the loader is re-seeded for
@@ -103,7 +105,7 @@ def train_accuracy(out: Any, segment: torch.Tensor) -> tuple[int, int]:
 
 def apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any, ema: EMA | None,
                model: nn.Module, clip_grad: float | None = None) -> tuple[bool, float | None]:
-    """One optimizer step; the schedule and the EMA advance only when the GradScaler did not skip it."""
+    """One optimizer step; the schedule and the EMA advance only when it was not skipped (inf/NaN grads)."""
     stepped, grad_norm = optimizer_step(optimizer, scaler, clip_grad)
     optimizer.zero_grad(set_to_none=True)
     if stepped:

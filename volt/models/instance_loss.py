@@ -21,16 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from volt.models.matching import HungarianMatcher
+from volt.models.matching import HungarianMatcher, dice_loss
 
 Prediction = tuple[Tensor, Tensor]  # (cls_logits (Q, C+1), mask_logits (Q, S))
 Target = tuple[Tensor, Tensor]  # (gt_classes (G,), gt_masks (G, S))
-
-
-def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over rows of 1 − (2·Σ p·t + 1) / (Σ p + Σ t + 1), p = sigmoid(logits)."""
-    p = logits.sigmoid()
-    return (1 - (2 * (p * target).sum(1) + 1) / (p.sum(1) + target.sum(1) + 1)).mean()
 
 
 class InstanceCriterion(nn.Module):
@@ -48,8 +42,10 @@ class InstanceCriterion(nn.Module):
         weight[-1] = no_object_weight
         self.register_buffer("class_weight", weight, persistent=False)
 
-    def step_loss(self, preds: Sequence[Prediction], targets: Sequence[Target]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss of one prediction step over the scenes of the batch."""
+    def step_loss(self, preds: Sequence[Prediction], targets: Sequence[Target],
+                  count_matches: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one prediction step over the scenes of the batch; parts "matched"/"matched_correct" only
+        with `count_matches` (the final step's are reported)."""
         cls_terms, bce_terms, dice_terms = [], [], []
         matched = correct = 0
         for (cls_logits, mask_logits), (gt_cls, gt_masks) in zip(preds, targets):
@@ -57,31 +53,35 @@ class InstanceCriterion(nn.Module):
             qi, gi = self.matcher(cls_logits, mask_logits, gt_cls, gt_masks)
             target = torch.full((cls_logits.shape[0],), self.num_classes, dtype=torch.int64, device=cls_logits.device)
             target[qi] = gt_cls[gi]
-            cls_terms.append(F.cross_entropy(cls_logits, target, weight=self.class_weight.to(cls_logits.device),
+            cls_terms.append(F.cross_entropy(cls_logits, target, weight=self.class_weight,
                                              label_smoothing=self.label_smoothing))
             if gi.numel():
                 logits, tgt = mask_logits[qi], gt_masks[gi].float()
                 bce_terms.append(F.binary_cross_entropy_with_logits(logits, tgt))
                 dice_terms.append(dice_loss(logits, tgt))
-                matched += int(gi.numel())
-                correct += int((cls_logits[qi].detach().argmax(1) == gt_cls[gi]).sum())
+                if count_matches:  # summed as a tensor: no device sync per scene
+                    matched += gi.numel()
+                    correct = correct + (cls_logits[qi].detach().argmax(1) == gt_cls[gi]).sum()
         zero = sum(p[1].sum() for p in preds) * 0.0  # keeps the graph when no scene has ground truth
         loss_cls = torch.stack(cls_terms).mean()
         loss_bce = torch.stack(bce_terms).mean() if bce_terms else zero
         loss_dice = torch.stack(dice_terms).mean() if dice_terms else zero
         loss = self.w_class * loss_cls + self.w_bce * loss_bce + self.w_dice * loss_dice
-        parts = {"class": loss_cls.detach(), "bce": loss_bce.detach(), "dice": loss_dice.detach(),
-                 "matched": torch.tensor(float(matched)), "matched_correct": torch.tensor(float(correct))}
+        parts = {"class": loss_cls.detach(), "bce": loss_bce.detach(), "dice": loss_dice.detach()}
+        if count_matches:
+            parts.update(matched=torch.tensor(float(matched)),
+                         matched_correct=torch.as_tensor(correct, dtype=torch.float32))
         return loss, parts
 
     def forward(self, predictions: Sequence[Sequence[Prediction]],
                 targets: Sequence[Target]) -> tuple[Tensor, dict[str, Tensor]]:
-        total, parts = None, {}
-        for preds in predictions:  # the last step is the final output; its parts are reported
-            loss, parts = self.step_loss(preds, targets)
-            total = loss if total is None else total + loss
-        if total is None:
+        if not predictions:
             raise ValueError("no predictions to compute a loss for")
-        if not torch.isfinite(total):  # a non-finite loss would poison the weights: skip it with zero grads
-            total = sum(p[1].nan_to_num(0.0, 0.0, 0.0).sum() for step in predictions for p in step) * 0.0
+        total, parts = None, {}
+        last = len(predictions) - 1
+        for i, preds in enumerate(predictions):  # the last step is the final output; its parts are reported
+            loss, parts = self.step_loss(preds, targets, count_matches=i == last)
+            total = loss if total is None else total + loss
+        # A non-finite total is returned as is: the optimizer step skips inf/NaN gradients
+        # (volt.engine.optim.optimizer_step), so the weights, schedule and EMA stay untouched.
         return total, {**parts, "loss": total.detach()}

@@ -92,23 +92,28 @@ class InstanceSegmentor(nn.Module):
         self.topk, self.mask_thresh, self.score_thresh, self.npoint_thresh = topk, mask_thresh, score_thresh, npoint_thresh
 
     # --- shared steps ---------------------------------------------------------------------------------------
-    def scenes(self, batch: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[slice]]:
-        """Backbone -> per scene: pooled superpoint features (S_b, U), local superpoint id per row, row slice."""
+    def scenes(self, batch: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[slice]]:
+        """Backbone -> per scene: pooled superpoint features (S_b, U), local superpoint id per row (V_b,),
+        rows per superpoint (S_b,), row slice."""
         # (V, U); pooled in float32: a superpoint may sum thousands of fp16 rows under AMP
         feat = self.backbone(batch["grid_coord"], batch["feat"], batch["offset"]).float()
         ends = batch["offset"].tolist()
-        sp_feats, sp_ids, rows = [], [], []
+        sp_feats, sp_ids, sp_sizes, rows = [], [], [], []
         for start, end in zip([0, *ends[:-1]], ends):
             sl = slice(start, end)
-            uniq, local = torch.unique(batch["superpoint"][sl], return_inverse=True)  # ids 0..S_b-1 per scene
-            sp_feats.append(superpoint_pool(feat[sl], local, len(uniq)))
+            # ids 0..S_b-1 per scene; the sizes serve pooling, targets and NMS alike
+            _, local, size = torch.unique(batch["superpoint"][sl], return_inverse=True, return_counts=True)
+            sp_feats.append(superpoint_pool(feat[sl], local, size))
             sp_ids.append(local)
+            sp_sizes.append(size)
             rows.append(sl)
-        return sp_feats, sp_ids, rows
+        return sp_feats, sp_ids, sp_sizes, rows
 
-    def scene_targets(self, segment: Tensor, instance: Tensor, sp_local: Tensor) -> tuple[Tensor, Tensor]:
-        """(gt_classes (G,) head ids, gt_masks (G, S) float) of one scene; see the module docstring."""
-        num_sp = int(sp_local.max()) + 1 if sp_local.numel() else 0
+    def scene_targets(self, segment: Tensor, instance: Tensor, sp_local: Tensor,
+                      sp_size: Tensor) -> tuple[Tensor, Tensor]:
+        """(gt_classes (G,) head ids, gt_masks (G, S) float) of one scene; sp_size (S,) rows per superpoint;
+        see the module docstring."""
+        num_sp = len(sp_size)
         has = instance >= 0
         ids, inst_local = torch.unique(instance[has], return_inverse=True)
         g = len(ids)
@@ -125,18 +130,18 @@ class InstanceSegmentor(nn.Module):
         cover = torch.zeros(g, num_sp, device=segment.device)
         cover.index_put_((inst_local, sp_local[has]), torch.ones(len(inst_local), device=segment.device),
                          accumulate=True)
-        sp_size = torch.bincount(sp_local, minlength=num_sp).clamp(min=1)
         masks = (cover / sp_size[None]) > 0.5
         keep = (head_cls >= 0) & masks.any(1)
         return head_cls[keep], masks[keep].float()
 
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> InstanceOutput:
-        sp_feats, sp_ids, rows = self.scenes(batch)
+        sp_feats, sp_ids, sp_sizes, rows = self.scenes(batch)
         predictions = self.decoder(sp_feats)
         if "instance" not in batch or "segment" not in batch:
             return InstanceOutput(None, {}, predictions)
-        targets = [self.scene_targets(batch["segment"][sl], batch["instance"][sl], ids) for sl, ids in zip(rows, sp_ids)]
+        targets = [self.scene_targets(batch["segment"][sl], batch["instance"][sl], ids, size)
+                   for sl, ids, size in zip(rows, sp_ids, sp_sizes)]
         steps = predictions if self.aux_loss else predictions[-1:]
         loss, parts = self.criterion(steps, targets)
         return InstanceOutput(loss, parts, predictions)
@@ -145,14 +150,15 @@ class InstanceSegmentor(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict[str, Any], min_size: int | None = None) -> list[dict[str, Tensor]]:
         min_size = self.npoint_thresh if min_size is None else min_size
-        sp_feats, sp_ids, _ = self.scenes(batch)
+        sp_feats, sp_ids, sp_sizes, _ = self.scenes(batch)
         final = self.decoder(sp_feats)[-1]
-        return [self.scene_instances(cls_logits.float(), mask_logits.float(), ids, min_size)
-                for (cls_logits, mask_logits), ids in zip(final, sp_ids)]
+        return [self.scene_instances(cls_logits.float(), mask_logits.float(), ids, size, min_size)
+                for (cls_logits, mask_logits), ids, size in zip(final, sp_ids, sp_sizes)]
 
-    def scene_instances(self, cls_logits: Tensor, mask_logits: Tensor, sp_local: Tensor,
+    def scene_instances(self, cls_logits: Tensor, mask_logits: Tensor, sp_local: Tensor, sp_size: Tensor,
                         min_size: int) -> dict[str, Tensor]:
-        """Instances of one scene from its final-step logits; masks over the scene's rows."""
+        """Instances of one scene from its final-step logits; sp_size (S,) rows per superpoint; masks over
+        the scene's rows."""
         num_cls = cls_logits.shape[1] - 1
         prob = cls_logits.softmax(-1)[:, :-1].flatten()  # (Q*C,) without "no object"
         scores, idx = prob.topk(min(self.topk, prob.numel()))
@@ -162,8 +168,7 @@ class InstanceSegmentor(nn.Module):
         positive = (logits > 0).float()
         scores = scores * (sig * positive).sum(1) / (positive.sum(1) + 1e-6)
         sp_masks = sig > self.mask_thresh
-        sp_size = torch.bincount(sp_local, minlength=logits.shape[1]).float()
-        scores = matrix_nms(sp_masks, head_cls, scores, sp_size)
+        scores = matrix_nms(sp_masks, head_cls, scores, sp_size.float())
         masks = sp_masks[:, sp_local]  # (K, V_scene)
         keep = (scores > self.score_thresh) & (masks.sum(1) > min_size)
         order = scores[keep].argsort(descending=True)

@@ -2,6 +2,8 @@
 
 Inputs per scene: class logits (Q, C+1) (last column = "no object"), mask logits (Q, S) over superpoints,
 GT classes (G,) in the head's 0..C-1 numbering and GT superpoint masks (G, S) in {0, 1}.
+`pairwise_bce` / `pairwise_dice` give every (query, GT) pair's loss, `dice_loss` the mean dice of
+row i against target row i (the matched pairs, for the loss).
 `match_cost` gives the (Q, G) cost = w_cls·(−softmax prob of the GT class) + w_bce·mean pairwise sigmoid
 BCE + w_dice·pairwise dice (with +1 smoothing), in float32 with NaN/inf replaced by 1e6.
 `HungarianMatcher(...)(cls_logits, mask_logits, gt_classes, gt_masks)` -> (query ids, gt ids), both int64
@@ -25,11 +27,21 @@ def pairwise_bce(mask_logits: Tensor, gt_masks: Tensor) -> Tensor:
     return (pos @ gt_masks.T + neg @ (1 - gt_masks).T) / s
 
 
+def soft_dice(inter: Tensor, p_sum: Tensor, t_sum: Tensor) -> Tensor:
+    """1 − (2·|p∩t| + 1) / (|p| + |t| + 1), elementwise (broadcasting)."""
+    return 1 - (2 * inter + 1) / (p_sum + t_sum + 1)
+
+
 def pairwise_dice(mask_logits: Tensor, gt_masks: Tensor) -> Tensor:
-    """(Q, G) 1 − (2·|p∩t| + 1) / (|p| + |t| + 1) with p = sigmoid(logits) (soft dice)."""
+    """(Q, G) soft dice of every (query, GT) pair with p = sigmoid(logits)."""
     p = mask_logits.sigmoid()
-    inter = p @ gt_masks.T
-    return 1 - (2 * inter + 1) / (p.sum(1)[:, None] + gt_masks.sum(1)[None, :] + 1)
+    return soft_dice(p @ gt_masks.T, p.sum(1)[:, None], gt_masks.sum(1)[None, :])
+
+
+def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over rows of the soft dice of row i against target row i (the diagonal of `pairwise_dice`)."""
+    p = logits.sigmoid()
+    return soft_dice((p * target).sum(1), p.sum(1), target.sum(1)).mean()
 
 
 def match_cost(cls_logits: Tensor, mask_logits: Tensor, gt_classes: Tensor, gt_masks: Tensor,

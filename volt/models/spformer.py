@@ -1,7 +1,7 @@
 """SPFormer-style instance head: superpoint pooling and the masked-attention query decoder (VOLT_SPEC.md §2).
 
-- `superpoint_pool(feat (V, U), superpoint (V,) ids 0..S-1, num) -> (S, U)`: scatter-mean of the backbone's
-  per-voxel features over each superpoint.
+- `superpoint_pool(feat (V, U), superpoint (V,) ids 0..S-1, counts (S,) rows per id) -> (S, U)`: scatter-mean
+  of the backbone's per-voxel features over each superpoint.
 - `QueryDecoder(in_channels=U, num_classes=C, num_queries=400, d_model=384, num_heads=8, ffn_dim=1024,
   num_layers=6, attn_mask_thresh=0.5)`: `forward(sp_feats: list of (S_b, U) per scene)` -> one list per
   prediction step (the initial queries, then each layer; the last is the final output), each a list over
@@ -16,16 +16,14 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
-def superpoint_pool(feat: Tensor, superpoint: Tensor, num: int | None = None) -> Tensor:
-    """(S, U) mean of `feat` rows over each superpoint id (ids 0..S-1; an id with no rows gives zeros)."""
-    num = int(superpoint.max()) + 1 if num is None else num
-    out = feat.new_zeros(num, feat.shape[1]).index_add_(0, superpoint, feat)
-    count = torch.bincount(superpoint, minlength=num).clamp_(min=1).to(feat.dtype)
-    return out / count[:, None]
+def superpoint_pool(feat: Tensor, superpoint: Tensor, counts: Tensor) -> Tensor:
+    """(S, U) mean of `feat` rows over each superpoint id 0..S-1; `counts` (S,) = rows per id (as
+    torch.unique's return_counts gives them); an id with no rows gives zeros."""
+    out = feat.new_zeros(len(counts), feat.shape[1]).index_add_(0, superpoint, feat)
+    return out / counts.clamp(min=1).to(feat.dtype)[:, None]
 
 
 class CrossAttentionLayer(nn.Module):
@@ -67,8 +65,7 @@ class QueryDecoder(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, num_queries: int = 400, d_model: int = 384,
                  num_heads: int = 8, ffn_dim: int = 1024, num_layers: int = 6, attn_mask_thresh: float = 0.5):
         super().__init__()
-        self.num_classes, self.num_queries, self.attn_mask_thresh = num_classes, num_queries, attn_mask_thresh
-        self.num_heads = num_heads
+        self.attn_mask_thresh = attn_mask_thresh
         self.input_proj = nn.Sequential(nn.Linear(in_channels, d_model), nn.LayerNorm(d_model), nn.ReLU())
         self.x_mask = nn.Sequential(nn.Linear(in_channels, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.query = nn.Embedding(num_queries, d_model)
@@ -78,26 +75,27 @@ class QueryDecoder(nn.Module):
         self.out_norm = nn.LayerNorm(d_model)
         self.out_cls = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, num_classes + 1))
 
-    def predict_head(self, query: Tensor, mask_feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(cls_logits (Q, C+1), mask_logits (Q, S), blocked (Q, S) for the next cross-attention)."""
+    def predict_head(self, query: Tensor, mask_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """(cls_logits (Q, C+1), mask_logits (Q, S))."""
         q = self.out_norm(query[0])  # (Q, d)
-        cls_logits = self.out_cls(q)
-        mask_logits = q @ mask_feats.T  # (Q, S)
+        return self.out_cls(q), q @ mask_feats.T
+
+    def attention_block(self, mask_logits: Tensor) -> Tensor:
+        """(Q, S) True = superpoint hidden from the query in the next cross-attention."""
         blocked = mask_logits.detach().sigmoid() < self.attn_mask_thresh
         blocked[blocked.all(1)] = False  # a query that would see nothing sees everything
-        return cls_logits, mask_logits, blocked
+        return blocked
 
     def forward_scene(self, feats: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Predictions of every step for one scene; feats (S, U) pooled superpoint features."""
         source = self.input_proj(feats)[None]  # (1, S, d)
         mask_feats = self.x_mask(feats)  # (S, d)
         query = self.query.weight[None]  # (1, Q, d)
-        cls_logits, mask_logits, blocked = self.predict_head(query, mask_feats)
-        steps = [(cls_logits, mask_logits)]
+        steps = [self.predict_head(query, mask_feats)]
         for cross, self_attn, ffn in zip(self.cross, self.self_attn, self.ffn):
+            blocked = self.attention_block(steps[-1][1])  # from the previous step's masks
             query = ffn(self_attn(cross(query, source, blocked)))
-            cls_logits, mask_logits, blocked = self.predict_head(query, mask_feats)
-            steps.append((cls_logits, mask_logits))
+            steps.append(self.predict_head(query, mask_feats))
         return steps
 
     def forward(self, sp_feats: list[Tensor]) -> list[list[tuple[Tensor, Tensor]]]:
