@@ -12,6 +12,7 @@ from volt.data import SceneDataset
 from volt.data import pipelines as P
 from volt.data.collate import Collate, collate, drop_duplicate_voxels, mix_offsets
 from volt.data.loader import build_loader, set_epoch
+from volt.data.pipelines_instance import InstanceCollate, build_instance_loader
 from volt.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,26 @@ def test_loader_in_process_and_sharded(demo_rooms):
     assert set(names[0]).isdisjoint(names[1]) and len(names[0]) + len(names[1]) == len(demo_rooms)
     with pytest.raises(ValueError):
         build_loader(demo_rooms, batch_size=1, rank=2, world_size=2)
+
+
+def instance_sample(n: int, i: int) -> dict:
+    out = sample(n, i, f"s{i}")
+    out.update(instance=np.arange(n) % 3, superpoint=np.arange(n) // 2)
+    return out
+
+
+def test_instance_loader_collates_with_its_reseeded_instance_collate():
+    data = [instance_sample(n, i) for i, n in enumerate(SIZES * 4)]
+    kw = {"batch_size": 2, "seed": 4, "mix_prob": 0.5, "epoch": 1}
+    loader = build_instance_loader(data, None, **kw)
+    assert isinstance(loader.collate_fn, InstanceCollate) and isinstance(loader.collate_fn, Collate)
+    assert loader.volt_seeder.collate is loader.collate_fn and loader.collate_fn.mix_prob == 0.5
+    runs = [batches(loader), batches(build_instance_loader(data, None, **kw))]
+    assert len(runs[0]) == 10 and same_batches(runs[0], runs[1])
+    mixed = [len(b["offset"]) < len(b["unmixed_offset"]) for b in runs[0]]
+    assert any(mixed) and not all(mixed)  # mix_prob reaches the collate
+    for b in runs[0]:  # ids unique across the two samples of a batch
+        first, second = np.split(b["superpoint"].numpy(), [int(b["unmixed_offset"][0])])
+        assert set(first).isdisjoint(second) and b["instance"].dtype == torch.int64
+    with pytest.raises(ValueError, match="duplicate"):
+        InstanceCollate(duplicates="drop")([instance_sample(3, 0)])

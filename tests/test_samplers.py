@@ -117,6 +117,32 @@ def test_joint_dataset_locates_entries_and_cycles_scenes():
         joint[5]
 
 
+def test_joint_dataset_locate_skips_zero_count_datasets():
+    sizes, counts = [3, 2, 4, 0, 1], [2, 0, 3, 0, 1]
+    joint = JointDataset([[{"name": f"{k}{i}"} for i in range(n)] for k, n in enumerate(sizes)], counts)
+    owners = [k for k, c in enumerate(counts) for _ in range(c)]  # dataset of each joint index, in order
+    located = [joint.locate(i) for i in range(len(joint))]
+    assert [k for k, _ in located] == owners == [0, 0, 2, 2, 2, 4]
+    assert [j for _, j in located] == [0, 1, 0, 1, 2, 0]
+    for bad in (-1, len(joint)):
+        with pytest.raises(IndexError):
+            joint.locate(bad)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_set_epoch_moves_the_joint_dataset_to_the_next_scenes(num_workers):
+    # 4 scenes, 2 entries per epoch: epoch e must read scenes 2e, 2e + 1 (mod 4), also in the worker copies
+    scenes = [_toy_item(f"a{i}", 3, 2, i) for i in range(4)]
+    joint = JointDataset([scenes], [2])
+    loader = build_loader(joint, batch_size=1, shuffle=False, num_workers=num_workers)
+    names = []
+    for e in range(3):
+        set_epoch(loader, e)
+        names.append([b["name"][0] for b in loader])
+    assert joint.epoch == 2
+    assert names == [["a0", "a1"], ["a2", "a3"], ["a0", "a1"]]
+
+
 def _toy_item(name: str, n: int, channels: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {"name": name, "coord": rng.random((n, 3), dtype=np.float32),

@@ -241,6 +241,17 @@ def test_synthetic_annotation_rules(tmp_path, tiny_tsv):
     assert scene["segment20"].tolist() == [0, 0, 4, -1]
     assert scene["segment200"].tolist() == [0, 0, 1, -1]
     assert scene.meta["unmapped_labels"] == ["no such thing"]
+    assert "superpoint_source" not in scene.meta  # shipped in segs.json
+    assert scene.meta["source"] == ["scene9000_00_vh_clean_2.ply", "scene9000_00_vh_clean_2.0.010000.segs.json",
+                                    "scene9000_00.aggregation.json"]
+
+
+def test_fully_mapped_scene_has_no_unmapped_report(tmp_path, tiny_tsv, recwarn):
+    groups = [{"id": 0, "segments": [10], "label": "wall"}, {"id": 1, "segments": [30], "label": "chair"}]
+    scene = read_scannet_scene(_synthetic_scene(tmp_path, "scene9001_00", [10, 30, 30, 10], groups),
+                               load_label_map(tiny_tsv))
+    assert not [w for w in recwarn if issubclass(w.category, UnmappedLabelWarning)]
+    assert "unmapped_labels" not in scene.meta and scene["segment20"].tolist() == [0, 4, 4, 0]
 
 
 def test_split_file(tmp_path):

@@ -39,7 +39,7 @@ def pairwise(c: np.ndarray) -> np.ndarray:
 RIGID = [T.RandomRotate(angle=(-1, 1), axis="z", center=(0, 0, 0), p=1),
          T.RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=1),
          T.RandomRotate(angle=(-1, 1), axis="y", center=(1, 2, 3), p=1),
-         T.RandomFlip(p=1), T.RandomFlip(p=0.5), T.CenterShift(apply_z=True)]
+         T.RandomFlip(p=1), T.RandomFlip(p=0.5), T.CenterShift(apply_z=True), T.RandomShift((0.5, 0.5, 0.0))]
 
 
 @pytest.mark.parametrize("t", RIGID, ids=repr)
@@ -50,6 +50,31 @@ def test_rigid_transforms_preserve_distances(t):
     np.testing.assert_allclose(pairwise(out["coord"]), pairwise(data["coord"]), atol=2e-5)
     assert out["coord"].dtype == np.float32
     assert all(np.array_equal(data[k], v) for k, v in before.items())  # inputs are never written
+
+
+def test_shift_moves_every_point_by_one_bounded_vector():
+    data = cloud(100)
+    for seed in range(20):
+        out = T.RandomShift((0.5, 0.25, 0.0))(dict(data), np.random.default_rng(seed))
+        delta = (out["coord"] - data["coord"]).astype(np.float64)
+        np.testing.assert_allclose(delta, np.broadcast_to(delta[0], delta.shape), atol=1e-6)  # one vector
+        assert abs(delta[0, 0]) <= 0.5 + 1e-6 and abs(delta[0, 1]) <= 0.25 + 1e-6 and delta[0, 2] == 0
+    with pytest.raises(DataError, match="toy.*coord"):
+        T.RandomShift()({"name": "toy"}, np.random.default_rng(0))
+
+
+def test_collect_packs_instance_keys_as_int64():
+    data = {**cloud(50), "grid_coord": np.zeros((50, 3), np.int64), "instance": np.arange(50, dtype=np.int32),
+            "superpoint": np.arange(50, dtype=np.int32) // 5, "origin_instance": np.arange(60, dtype=np.int32)}
+    keys = ("coord", "grid_coord", "segment", "instance", "superpoint")
+    out = T.Collect(keys=keys)(dict(data), np.random.default_rng(0))
+    for k in ("instance", "superpoint", "origin_instance"):
+        assert out[k].dtype == np.int64 and np.array_equal(out[k], data[k])
+    assert out["grid_coord"].dtype == np.int32 and out["feat"].shape == (50, 6)
+    assert "instance" not in T.Collect()(dict(data), np.random.default_rng(0))  # only when asked for
+    data.pop("superpoint")
+    with pytest.raises(DataError, match="toy.*superpoint"):
+        T.Collect(keys=keys)(data, np.random.default_rng(0))
 
 
 def test_scale_scales_distances():

@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from volt.data.collate import Collate
-from volt.data.transforms import Compose, GridSample, take, torch_generator
+from volt.data.transforms import Compose, GridSample, Sample, take, torch_generator
 from volt.errors import DataError
 from volt.ops import voxelize
-
-Sample = dict[str, Any]
 
 
 def split_at_grid_sample(pipeline: Compose) -> tuple[Compose, GridSample, Compose]:

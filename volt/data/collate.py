@@ -136,4 +136,4 @@ class Collate:
         return collate(samples, self.mix_prob, self.rng, self.duplicates)
 
     def __repr__(self) -> str:
-        return f"Collate(mix_prob={self.mix_prob}, duplicates={self.duplicates!r})"
+        return f"{type(self).__name__}(mix_prob={self.mix_prob}, duplicates={self.duplicates!r})"

@@ -4,8 +4,9 @@
 the dataset so that item i is `pipeline(dataset[i])`, shards and shuffles it with a DistributedSampler
 (also for one process: same code path, shuffle order = f(seed, epoch)), and collates with `Collate`.
 Joint training passes a `batch_sampler` instead (volt.data.samplers: it shards by itself, so batch_size,
-shuffle and drop_last are then unused); `set_epoch` reaches it too. `collate` replaces the default
-`Collate(mix_prob, duplicates)` (batched grid sampling passes a `volt.data.batch_grid.BatchGridCollate`).
+shuffle and drop_last are then unused); `set_epoch` reaches it and the wrapped dataset (a JointDataset's
+scenes per epoch) too. `collate` replaces the default `Collate(mix_prob, duplicates)` (batched grid sampling
+passes a `volt.data.batch_grid.BatchGridCollate`, the instance task an `InstanceCollate`).
 
 Seeding (spec §1.3: per-worker seed = seed + rank·num_workers + worker_id): every worker reseeds its copy
 of the pipeline and of the collate function from SeedSequence(seed + rank·num_workers + worker_id,
@@ -97,10 +98,12 @@ def build_loader(dataset: Any, pipeline: Callable[[dict[str, Any]], dict[str, An
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Select the shuffle order and the augmentation streams of `epoch` (call before iterating)."""
-    for sampler in (loader.sampler, loader.batch_sampler):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    """Select the shuffle order, the scenes (a JointDataset) and the augmentation streams of `epoch` (call
+    before iterating)."""
+    # the wrapped dataset is pickled to the workers at iter(), so setting it here reaches them too
+    for target in (loader.sampler, loader.batch_sampler, getattr(loader.dataset, "dataset", None)):
+        if hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
     seeder = loader.volt_seeder
     seeder.epoch = epoch  # picked up when the workers start for this epoch
     if loader.num_workers == 0:  # the main process is worker 0

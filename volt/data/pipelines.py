@@ -39,7 +39,8 @@ class TestPipeline:
     seed: int = 0  # only used when the pre-transform is random (nuScenes pre-sampling picks)
 
 
-def _indoor_fields(label: str, extra: Sequence[str] = ()) -> T.SelectFields:
+def indoor_fields(label: str, extra: Sequence[str] = ()) -> T.SelectFields:
+    """Select coord, color, normal, the label field (renamed to segment) and `extra` fields of an indoor scene."""
     return T.SelectFields(("coord", "color", "normal", label, *extra), rename={label: "segment"})
 
 
@@ -61,7 +62,7 @@ def scannet_train(label: str = "segment20", condition: str = "ScanNet", grid_siz
                   exclude_classes: Sequence[int] = (), seed: int | None = None) -> Compose:
     """Spec §1.6 ScanNet train, items 1-17, in order."""
     return Compose([
-        _indoor_fields(label, ("instance",)),
+        indoor_fields(label, ("instance",)),
         T.CenterShift(apply_z=True),
         T.RandomDropout(ratio=0.2, application_ratio=0.2),
         T.RandomRotate(angle=(-1, 1), axis="z", center=(0, 0, 0), p=0.5),
@@ -87,7 +88,7 @@ def scannet_val(label: str = "segment20", condition: str = "ScanNet", grid_size:
                 seed: int | None = None) -> Compose:
     """CenterShift(z) -> origin_segment -> GridSample train mode with inverse -> CenterShift(xy) -> colour / 255."""
     return Compose([
-        _indoor_fields(label),
+        indoor_fields(label),
         T.CenterShift(apply_z=True),
         T.Copy("segment", "origin_segment"),
         T.GridSample(grid_size, mode="train", return_inverse=True),
@@ -161,7 +162,7 @@ def nuscenes_test(label: str = "segment", condition: str = "nuScenes", grid_size
         T.GridSample(presample, mode="train", return_inverse=True),
     ])
     views = [Compose([T.RandomScale(scale=(s, s)), *([T.RandomFlip(p=1)] if flip else [])])
-             for flip in (False, True) for s in (0.9, 0.95, 1.0, 1.05, 1.1)]
+             for flip in (False, True) for s in (1.0, 0.9, 0.95, 1.05, 1.1)]  # untransformed first
     post = Compose([T.Collect(feat_keys=("coord", "strength"), condition=condition, keys=("coord", "grid_coord"))])
     return TestPipeline(pre, views, T.GridSample(grid_size, mode="test"), post, seed)
 

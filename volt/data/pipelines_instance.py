@@ -5,12 +5,12 @@ transforms that carry `instance` and `superpoint` through grid sampling, and the
   color, normal, the label field, instance, superpoint) to a sample with coord, grid_coord, feat, segment,
   instance, superpoint (int64, one per voxel: grid sampling keeps the picked point's ids), condition, name;
   val adds inverse (original point -> row), origin_segment and origin_instance (per original point).
-- `InstanceCollate(mix_prob, seed)`: `volt.data.collate.collate` (concatenation, Mix3D pairwise mixing with
-  probability mix_prob per batch; duplicates kept, the Volt overlay) plus `instance` / `superpoint` (V,)
-  int64 and `origin_instance`. Ids are made unique across the batch, so two mixed scenes never share an
-  instance or superpoint: superpoints become 0..S-1 in row order of appearance per sample plus the running
-  count; a row without a superpoint (-1) gets a superpoint of its own; instance ids >= 0 are shifted past
-  the previous samples' ids.
+- `InstanceCollate(mix_prob, seed=...)`, a `volt.data.collate.Collate`: `volt.data.collate.collate`
+  (concatenation, Mix3D pairwise mixing with probability mix_prob per batch; duplicates kept, the Volt
+  overlay) plus `instance` / `superpoint` (V,) int64 and `origin_instance`. Ids are made unique across the
+  batch, so two mixed scenes never share an instance or superpoint: superpoints become 0..S-1 in row order
+  of appearance per sample plus the running count; a row without a superpoint (-1) gets a superpoint of its
+  own; instance ids >= 0 are shifted past the previous samples' ids.
 - `build_instance_loader(dataset, pipeline, ...)`: volt.data.loader.build_loader with `InstanceCollate`.
 
 Train augmentation (spec §2, differing from semseg): RandomDropout 0.2 applied with p 0.5, z rotation p 0.95,
@@ -23,7 +23,6 @@ GridSample, SphereCrop 60-100 % and a cap of `point_max` voxels. Val: no rotatio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,52 +30,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from volt.data import transforms as T
-from volt.data.collate import collate
-from volt.data.loader import build_loader, set_epoch
-from volt.data.pipelines import instance_augmentations
-from volt.data.transforms import Compose, Sample
+from volt.data.collate import Collate, collate
+from volt.data.loader import build_loader
+from volt.data.pipelines import indoor_fields, instance_augmentations
+from volt.data.transforms import Compose
 from volt.errors import DataError
 
 INSTANCE_KEYS = ("instance", "superpoint")
-
-
-@dataclass
-class RandomShift:
-    """Translate the whole scene by U(−r, r) per axis (metres)."""
-
-    shift: Sequence[float] = (0.5, 0.5, 0.0)
-
-    def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
-        r = np.asarray(self.shift, np.float64)
-        data["coord"] = (data["coord"] + rng.uniform(-r, r)).astype(data["coord"].dtype)
-        return data
-
-
-@dataclass
-class CollectInstance:
-    """`Collect`, then instance and superpoint (int64, per row) and origin_instance (per original point) if present."""
-
-    collect: T.Collect
-
-    def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
-        out = self.collect(data, rng)
-        for k in (*INSTANCE_KEYS, "origin_instance"):
-            if k in data:
-                out[k] = np.asarray(data[k], np.int64)
-            elif k != "origin_instance":
-                raise DataError(data.get("name"), f"the instance task needs a '{k}' field (has {sorted(data)})")
-        return out
-
-
-def _fields(label: str) -> T.SelectFields:
-    return T.SelectFields(("coord", "color", "normal", label, *INSTANCE_KEYS), rename={label: "segment"})
+# Collect's instance and superpoint are int64 rows; origin_instance (val) passes through as int64 too
+COLLECT_KEYS = ("coord", "grid_coord", "segment", *INSTANCE_KEYS)
 
 
 def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet", grid_size: float = 0.02,
                            exclude_classes: Sequence[int] = (), point_max: int = 102400,
                            seed: int | None = None) -> Compose:
     return Compose([
-        _fields(label),
+        indoor_fields(label, INSTANCE_KEYS),
         T.CenterShift(apply_z=True),
         T.RandomDropout(ratio=0.2, application_ratio=0.5),
         T.RandomRotate(angle=(-1, 1), axis="z", center=(0, 0, 0), p=0.95),
@@ -85,7 +54,7 @@ def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet",
         T.RandomScale(scale=(0.8, 1.2)),
         T.RandomFlip(p=0.5),
         T.RandomJitter(sigma=0.005, clip=0.02),
-        RandomShift((0.5, 0.5, 0.0)),
+        T.RandomShift((0.5, 0.5, 0.0)),
         T.ElasticDistortion(params=((0.2, 0.4), (0.8, 1.6)), p=0.95),
         T.ChromaticAutoContrast(p=0.2, blend_factor=None),
         T.ChromaticTranslation(p=0.95, ratio=0.1),
@@ -96,7 +65,7 @@ def scannet_instance_train(label: str = "segment20", condition: str = "ScanNet",
         T.SphereCrop(point_max=point_max, mode="random"),
         T.CenterShift(apply_z=False),
         T.NormalizeColor(),
-        CollectInstance(T.Collect(feat_keys=("color", "normal"), condition=condition)),
+        T.Collect(feat_keys=("color", "normal"), condition=condition, keys=COLLECT_KEYS),
     ], seed=seed)
 
 
@@ -104,14 +73,14 @@ def scannet_instance_val(label: str = "segment20", condition: str = "ScanNet", g
                          seed: int | None = 0) -> Compose:
     """CenterShift(z) -> origin_* copies -> GridSample (one point per voxel, inverse kept) -> CenterShift(xy)."""
     return Compose([
-        _fields(label),
+        indoor_fields(label, INSTANCE_KEYS),
         T.CenterShift(apply_z=True),
         T.Copy("segment", "origin_segment"),
         T.Copy("instance", "origin_instance"),
         T.GridSample(grid_size, mode="train", return_inverse=True),
         T.CenterShift(apply_z=False),
         T.NormalizeColor(),
-        CollectInstance(T.Collect(feat_keys=("color", "normal"), condition=condition)),
+        T.Collect(feat_keys=("color", "normal"), condition=condition, keys=COLLECT_KEYS),
     ], seed=seed)
 
 
@@ -168,17 +137,13 @@ def collate_instances(samples: Sequence[dict[str, Any]], mix_prob: float = 0.0,
     return batch
 
 
-class InstanceCollate:
-    """`collate_instances` with its own generator (reseeded per worker by volt.data.loader)."""
-
-    def __init__(self, mix_prob: float = 0.0, seed: int | None = None):
-        self.mix_prob = mix_prob
-        self.rng = np.random.default_rng(seed)
-
-    def reseed(self, seed: int | np.random.SeedSequence) -> None:
-        self.rng = np.random.default_rng(seed)
+class InstanceCollate(Collate):
+    """`collate_instances` with its own generator (reseeded per worker by volt.data.loader); duplicates are
+    always kept (dropping rows would desync the id rows)."""
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if self.duplicates != "keep":
+            raise ValueError(f"InstanceCollate keeps duplicate voxels, got duplicates={self.duplicates!r}")
         return collate_instances(samples, self.mix_prob, self.rng)
 
 
@@ -186,11 +151,6 @@ def build_instance_loader(dataset: Any, pipeline: Any, *, batch_size: int = 1, n
                           shuffle: bool = True, drop_last: bool = False, mix_prob: float = 0.0, rank: int = 0,
                           world_size: int = 1, pin_memory: bool = False, epoch: int = 0) -> DataLoader:
     """volt.data.loader.build_loader (same sharding and seeding) with `InstanceCollate` as its collate."""
-    loader = build_loader(dataset, pipeline, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                          shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
-                          pin_memory=pin_memory, epoch=epoch)
-    coll = InstanceCollate(mix_prob)
-    loader.collate_fn = coll  # the workers and the seeder (which reseeds the collate per worker) use this one
-    loader.volt_seeder.collate = coll
-    set_epoch(loader, epoch)
-    return loader
+    return build_loader(dataset, pipeline, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                        shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
+                        pin_memory=pin_memory, epoch=epoch, collate=InstanceCollate(mix_prob))

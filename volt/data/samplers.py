@@ -17,11 +17,12 @@ Both are batch samplers over global batches of `batch_size` (all ranks together)
 global batch is dropped (per dataset in round robin). Rank r of w takes positions r, r + w, ... of every global
 batch (stride sharding, as the reference), so the ranks together cover each global batch exactly once and, in
 round robin, train the same dataset at every step. The order is a function of (seed, epoch): call
-`set_epoch(epoch)` before each epoch.
+`set_epoch(epoch)` before each epoch (on the samplers and the JointDataset: volt.data.loader.set_epoch does both).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -50,8 +51,15 @@ class JointDataset:
         """(dataset k, entry j within dataset k) of a joint index."""
         if not 0 <= index < len(self):
             raise IndexError(f"joint index {index} out of range [0, {len(self)})")
-        k = max(i for i, s in enumerate(self.starts) if s <= index and self.counts[i] > 0)
+        # the last dataset starting at or before index; a zero-count dataset shares its start with the next
+        # one, so the last of equal starts is the one that holds entries
+        k = bisect_right(self.starts, index) - 1
         return k, index - self.starts[k]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the scenes of `epoch` (volt.data.loader.set_epoch calls it; the workers get the dataset's
+        copy at iter())."""
+        self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         k, j = self.locate(index)

@@ -7,8 +7,9 @@ Test scenes (`scans_test/`) have the mesh only. Labels go through `scannetv2-lab
 
 Output `Scene` fields: coord, color, normal, superpoint (contiguous 0..S-1: annotated scenes in sorted
 segs.json segment-id order; test scenes computed from the mesh by `volt.ops.superpoint.mesh_superpoints`,
-ScanNet's segmentator parameters, meta "superpoint_source": "mesh"); annotated scenes also instance (the aggregation group `id`, every group including wall/floor; a
-later group wins where groups share segments; -1 unannotated), segment20 and segment200 (-1 ignore).
+ScanNet's segmentator parameters, meta "superpoint_source": "mesh"); annotated scenes also instance (the
+aggregation group `id`, every group including wall/floor; a later group wins where groups share segments;
+-1 unannotated), segment20 and segment200 (-1 ignore).
 `prepare_scannet` writes `<out>/<split>/<scene>/` folders through `volt.data.prepare.run_jobs`.
 """
 
@@ -116,14 +117,18 @@ def read_scannet_scene(scene_dir: str | os.PathLike, label_map: Mapping[str, tup
     if mesh.color is None:
         raise DataError(mesh_path, "vertices have no red/green/blue colors")
     arrays = {"coord": mesh.coord, "color": mesh.color, "normal": vertex_normals(mesh.coord, mesh.faces)}
-    sources = [mesh_path.name]
 
     has_segs, has_agg = segs_path.is_file(), agg_path.is_file()
     if has_segs != has_agg:  # half an annotation is a broken download, not a test scene
         present, absent = (segs_path, agg_path) if has_segs else (agg_path, segs_path)
         raise DataError(absent, f"not found, but {present.name} is (annotated scenes need both)")
-    unmapped: list[str] = []
+    meta: dict[str, Any] = {
+        "dataset": "scannet",
+        "classes": {"segment20": list(CLASS_NAMES_20), "segment200": list(CLASS_NAMES_200)},
+        "source": [mesh_path.name],
+    }
     if has_segs:
+        unmapped: list[str] = []
         seg = _seg_indices(segs_path, mesh.coord.shape[0])
         groups = _seg_groups(agg_path)
         arrays["superpoint"] = np.unique(seg, return_inverse=True)[1].reshape(-1)
@@ -137,24 +142,16 @@ def read_scannet_scene(scene_dir: str | os.PathLike, label_map: Mapping[str, tup
             instance[mask] = gid
             segment20[mask], segment200[mask] = label_map.get(label, (-1, -1))
         arrays.update(instance=instance, segment20=segment20, segment200=segment200)
-        sources += [segs_path.name, agg_path.name]
+        meta["source"] += [segs_path.name, agg_path.name]
+        if unmapped:  # only an aggregation names raw categories
+            warnings.warn(f"{name}: raw categories missing from the label map, mapped to ignore: {unmapped}",
+                          UnmappedLabelWarning, stacklevel=2)
+            meta["unmapped_labels"] = unmapped
     else:  # a test scene: superpoints from the mesh, as ScanNet's segmentator makes segs.json
         from volt.ops.superpoint import mesh_superpoints
 
         arrays["superpoint"] = mesh_superpoints(mesh.coord, mesh.faces).astype(np.int32)
-    if unmapped:
-        warnings.warn(f"{name}: raw categories missing from the label map, mapped to ignore: {unmapped}",
-                      UnmappedLabelWarning, stacklevel=2)
-
-    meta: dict[str, Any] = {
-        "dataset": "scannet",
-        "classes": {"segment20": list(CLASS_NAMES_20), "segment200": list(CLASS_NAMES_200)},
-        "source": sources,
-    }
-    if not has_segs:
         meta["superpoint_source"] = "mesh"  # not shipped: computed by volt.ops.superpoint
-    if unmapped:
-        meta["unmapped_labels"] = unmapped
     scene = Scene(name=name, arrays=arrays, meta=meta)
     return scene.validate(source=str(mesh_path), num_classes={"segment20": 20, "segment200": 200})
 

@@ -45,6 +45,7 @@ from volt.data.transforms_geometric import (
     RandomJitter,
     RandomRotate,
     RandomScale,
+    RandomShift,
     box_blur,
     elastic_noise,
     rigid,
@@ -57,7 +58,8 @@ from volt.ops.voxelize import voxelize  # a module global here, so tests can cou
 __all__ = [
     "POINT_FIELDS", "CenterShift", "ChromaticAutoContrast", "ChromaticJitter", "ChromaticTranslation", "Collect",
     "Compose", "Copy", "ElasticDistortion", "GridSample", "NormalizeColor", "PointClipDistance", "RandomApply",
-    "RandomDropout", "RandomFlip", "RandomJitter", "RandomRotate", "RandomScale", "Sample", "SelectFields",
+    "RandomDropout", "RandomFlip", "RandomJitter", "RandomRotate", "RandomScale", "RandomShift", "Sample",
+    "SelectFields",
     "SphereCrop", "bounds", "box_blur", "color_of", "coord_of", "elastic_noise", "point_keys", "rigid",
     "rotation_matrix", "take", "torch_generator", "trilinear",
 ]
@@ -215,13 +217,16 @@ class SphereCrop:
 
 @dataclass
 class Collect:
-    """Pack a sample: coord float32, grid_coord int32, feat float32 = concat(feat_keys), segment int64,
-    plus `condition`, `name` and any of inverse / origin_segment / index (int64) present."""
+    """Pack a sample: the `keys` (coord float32, grid_coord int32, segment / instance / superpoint int64, any
+    other key in its own dtype), feat float32 = concat(feat_keys), plus `condition`, `name` and any of
+    inverse / origin_segment / origin_instance / index (int64) present."""
 
     feat_keys: Sequence[str] = ("color", "normal")
     condition: str = "Default"
     keys: Sequence[str] = ("coord", "grid_coord", "segment")
-    PASS: ClassVar[tuple[str, ...]] = ("inverse", "origin_segment", "index")
+    PASS: ClassVar[tuple[str, ...]] = ("inverse", "origin_segment", "origin_instance", "index")
+    DTYPES: ClassVar[dict[str, type]] = {"coord": np.float32, "grid_coord": np.int32, "segment": np.int64,
+                                         "instance": np.int64, "superpoint": np.int64}
 
     def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
         missing = [k for k in (*self.keys, *self.feat_keys) if k not in data]
@@ -229,9 +234,8 @@ class Collect:
             raise DataError(data.get("name"), f"Collect: sample has no {missing} (has {sorted(data)})")
         n = len(data["coord"])
         out: Sample = {"name": data.get("name", ""), "condition": self.condition}
-        dtypes = {"coord": np.float32, "grid_coord": np.int32, "segment": np.int64}
         for k in self.keys:
-            out[k] = np.ascontiguousarray(data[k], dtype=dtypes.get(k, data[k].dtype))
+            out[k] = np.ascontiguousarray(data[k], dtype=self.DTYPES.get(k, data[k].dtype))
         out["feat"] = np.concatenate([np.asarray(data[k], np.float32).reshape(n, -1) for k in self.feat_keys], 1)
         for k in self.PASS:
             if k in data:

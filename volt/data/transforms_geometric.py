@@ -1,5 +1,5 @@
 """Geometric transforms of the training/validation pipelines (spec §1.6): centring, rigid rotation, scaling,
-flips, jitter, elastic distortion and the outdoor range clip. Re-exported by volt.data.transforms.
+translation, flips, jitter, elastic distortion and the outdoor range clip. Re-exported by volt.data.transforms.
 
 Inputs/outputs: a sample dict with `coord` (N,3) float32 and optionally `normal` (N,3); each transform is
 `t(data, rng) -> data`, draws only from `rng` and writes new arrays (never into the input ones). Angles are
@@ -74,6 +74,19 @@ class RandomScale:
 
     def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
         data["coord"] = coord_of(data) * np.float32(rng.uniform(*self.scale))
+        return data
+
+
+@dataclass
+class RandomShift:
+    """Translate the whole scene by U(−r, r) per axis (metres)."""
+
+    shift: Sequence[float] = (0.5, 0.5, 0.0)
+
+    def __call__(self, data: Sample, rng: np.random.Generator) -> Sample:
+        c = coord_of(data)
+        r = np.asarray(self.shift, np.float64)
+        data["coord"] = (c + rng.uniform(-r, r)).astype(c.dtype)
         return data
 
 
