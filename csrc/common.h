@@ -38,16 +38,20 @@ inline int bits_for(uint64_t n) {
   return n <= 1 ? 0 : b;
 }
 
-// Random pick inside a voxel: the v-th output of splitmix64 seeded with `seed`; its top 32 bits scaled
-// to [0, count) by a multiply and shift (count < 2^31). The reference computes the same integers.
+// Random pick inside voxel v (count points): pick_offset = scale_pick(pick_bits32(seed, v), count), the
+// top 32 bits of the v-th output of splitmix64 seeded with `seed`, scaled to [0, count) by a multiply and
+// shift (count < 2^31). The two halves are apart so a kernel can compute the bits of many voxels ahead
+// (a loop that vectorizes). The reference computes the same integers.
 VOLT_HD uint64_t splitmix64(uint64_t seed, uint64_t v) {
   uint64_t z = seed + (v + 1) * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
+VOLT_HD uint32_t pick_bits32(uint64_t seed, uint64_t v) { return uint32_t(splitmix64(seed, v) >> 32); }
+VOLT_HD int64_t scale_pick(uint32_t bits, int64_t count) { return int64_t((uint64_t(bits) * uint64_t(count)) >> 32); }
 VOLT_HD int64_t pick_offset(uint64_t seed, uint64_t v, int64_t count) {
-  return int64_t(((splitmix64(seed, v) >> 32) * uint64_t(count)) >> 32);
+  return scale_pick(pick_bits32(seed, v), count);
 }
 
 // floor(x) of a finite x with arithmetic only (no branch, no SSE4.1 round instruction), so loops over

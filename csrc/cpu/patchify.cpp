@@ -12,6 +12,8 @@
 #include <array>
 #include <utility>
 
+#include "cpu/isa.h"
+
 namespace volt {
 namespace cpu {
 namespace {
@@ -93,9 +95,8 @@ inline __attribute__((always_inline)) void keys_and_slots_body(const I* g, const
 
 #if VOLT_X86_DISPATCH
 template <typename I>
-__attribute__((target("avx2"))) void keys_and_slots_avx2(const I* g, const int64_t* sc, int64_t b, int64_t e,
-                                                         const TokenFields& tf, uint64_t* out, int ib, Count* hist,
-                                                         uint64_t mask, int64_t* slot) {
+VOLT_TARGET_AVX2 void keys_and_slots_avx2(const I* g, const int64_t* sc, int64_t b, int64_t e, const TokenFields& tf,
+                                          uint64_t* out, int ib, Count* hist, uint64_t mask, int64_t* slot) {
   keys_and_slots_body(g, sc, b, e, tf, out, ib, hist, mask, slot);  // 4 doubles per instruction, not 2
 }
 #endif
@@ -104,8 +105,7 @@ template <typename I>
 void keys_and_slots(const I* g, const int64_t* sc, int64_t b, int64_t e, const TokenFields& tf, uint64_t* out,
                     int ib, Count* hist, uint64_t mask, int64_t* slot) {
 #if VOLT_X86_DISPATCH
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return keys_and_slots_avx2(g, sc, b, e, tf, out, ib, hist, mask, slot);
+  if (cpu_has_avx2()) return keys_and_slots_avx2(g, sc, b, e, tf, out, ib, hist, mask, slot);
 #endif
   keys_and_slots_body(g, sc, b, e, tf, out, ib, hist, mask, slot);
 }

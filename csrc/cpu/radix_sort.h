@@ -14,13 +14,6 @@
 #include <memory>
 #include <vector>
 
-// Hot loops get an AVX2 clone, chosen at run time (GCC on x86-64; the baseline build is SSE2 only).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VOLT_X86_DISPATCH 1
-#else
-#define VOLT_X86_DISPATCH 0
-#endif
-
 namespace volt {
 namespace cpu {
 

@@ -1,15 +1,17 @@
-// Register-tiled float32 micro-kernels of the CPU sparse convolution (cpu/sparse_conv.cpp) and detokenizer
-// (cpu/detokenize.cpp), always inlined into their per-instruction-set entry points.
+// Register-tiled float32 micro-kernels of the CPU sparse convolution (cpu/sparse_conv.cpp) and of the
+// tokenizer/detokenizer slot products (cpu/slot_matmul.cpp), always inlined into their per-instruction-set
+// entry points (VOLT_TILE_VARIANTS below).
 // fwd_rows<T, R>:   out[r] += f[r] @ w for R gathered rows (w: C_in x C_out, row-major)
 // wgrad_rows<T, R>: grad[ci0 + r] += sum over pairs of feat[in][ci0 + r] * gout[out] for R input channels
 // T is a tiling for one instruction set: vector width W (floats), rows per tile R, at most NV vectors of
 // columns per tile, so that R x NV accumulators stay in registers. Columns go in tiles of NV..1 vectors,
-// then scalars; the reduction over C_in (or over pairs) always runs in the same order. Everything here is
-// always inlined into the per-instruction-set entry points of cpu/sparse_conv.cpp.
+// then scalars; the reduction over C_in (or over pairs) always runs in the same order.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#include "cpu/isa.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector types only cross always_inline calls
 
@@ -153,35 +155,24 @@ VOLT_INLINE void wgrad_tail(const float* feat, const float* gout, const int32_t*
   }
 }
 
-// Instruction set of the running CPU for the tiles: 2 = AVX-512, 1 = AVX2 + FMA, 0 = baseline (Sse).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-inline int isa_level() {
-  static const int level = __builtin_cpu_supports("avx512f")                                      ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                             : 0;
-  return level;
-}
-#else
-inline int isa_level() { return 0; }
-#endif
-
 }  // namespace tiles
 }  // namespace volt
 
 // VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS): for a function template NAME<Tiling> that inlines the tiles, defines
-// NAME_best PARAMS, which runs NAME<Avx512>, NAME<Avx2> or NAME<Sse> ARGS by isa_level(); the wide variants
-// are compiled with their target attributes. Use it at namespace scope where the tiles' names are visible.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS)                                         \
-  __attribute__((target("avx512f"))) void NAME##_avx512 PARAMS { NAME<Avx512> ARGS; } \
-  __attribute__((target("avx2,fma"))) void NAME##_avx2 PARAMS { NAME<Avx2> ARGS; }    \
-  void NAME##_best PARAMS {                                                            \
-    if (isa_level() == 2)                                                              \
-      NAME##_avx512 ARGS;                                                              \
-    else if (isa_level() == 1)                                                         \
-      NAME##_avx2 ARGS;                                                                \
-    else                                                                               \
-      NAME<Sse> ARGS;                                                                  \
+// NAME_best PARAMS, which runs NAME<Avx512>, NAME<Avx2> or NAME<Sse> ARGS by isa_level() (cpu/isa.h: 2, 1,
+// 0); the wide variants are compiled with their target attributes. Use it at namespace scope where the
+// tiles' names are visible.
+#if VOLT_X86_DISPATCH
+#define VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS)                                   \
+  VOLT_TARGET_TILES_AVX512 void NAME##_avx512 PARAMS { NAME<Avx512> ARGS; }      \
+  VOLT_TARGET_TILES_AVX2 void NAME##_avx2 PARAMS { NAME<Avx2> ARGS; }            \
+  void NAME##_best PARAMS {                                                      \
+    if (::volt::cpu::isa_level() == 2)                                           \
+      NAME##_avx512 ARGS;                                                        \
+    else if (::volt::cpu::isa_level() == 1)                                      \
+      NAME##_avx2 ARGS;                                                          \
+    else                                                                         \
+      NAME<Sse> ARGS;                                                            \
   }
 #else
 #define VOLT_TILE_VARIANTS(NAME, PARAMS, ARGS) \

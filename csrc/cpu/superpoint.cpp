@@ -1,11 +1,12 @@
 // CPU kernel of volt::felzenszwalb (schema in csrc/volt.cpp; semantics = felzenszwalb_reference in
 // volt/ops/superpoint.py, which the result must equal exactly).
-// Input: edges (E,2) int64 vertex pairs, weights (E,) float32, num_vertices N, k_thresh, seg_min_verts.
-// Output: (N,) int64 segment ids 0..S-1, numbered by each segment's smallest vertex.
+// Input: edges (E,2) int64 vertex pairs (E < 2^32), weights (E,) float32, num_vertices N, k_thresh,
+// seg_min_verts. Output: (N,) int64 segment ids 0..S-1, numbered by each segment's smallest vertex.
 // Algorithm: edges sorted by (weight, edge index) with NaN last, via one sort of 64-bit words
-// (order-preserving weight bits << 32 | index) with the stable radix sort of cpu/radix_sort.h; Felzenszwalb's merge with float32 thresholds
-// w + c / size; a second pass over the same order joins segments below seg_min_verts. Union-find is
-// inherently sequential, so there is neither a parallel loop here nor a CUDA kernel.
+// (order-preserving weight bits << 32 | index) with the stable radix sort of cpu/radix_sort.h;
+// Felzenszwalb's merge with float32 thresholds w + c / size; a second pass over the same order joins
+// segments below seg_min_verts. Union-find is inherently sequential, so there is neither a parallel loop
+// here nor a CUDA kernel.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -56,21 +57,18 @@ struct DisjointSets {
   }
 };
 
-// Sorted edge order: indices by (weight key, index). Packs into one word when E < 2^32; the radix sort
-// of its high 32 bits is stable, and the words start in index order, so ties stay in index order.
+// Edges per call: an edge's index must fit the low 32 bits of its sort word.
+constexpr int64_t kMaxEdges = (int64_t(1) << 32) - 1;
+
+// Sorted edge order: indices by (weight key, index), from one word per edge (E <= kMaxEdges); the radix
+// sort of the words' high 32 bits is stable, and the words start in index order, so ties stay in index order.
 std::vector<int64_t> sorted_edges(const float* w, int64_t E) {
+  std::vector<uint64_t> words(E);
+  for (int64_t i = 0; i < E; ++i) words[i] = (uint64_t(weight_key(w[i])) << 32) | uint64_t(i);
+  std::vector<uint64_t> tmp(E);
+  const uint64_t* sorted = radix_sort_words(words.data(), tmp.data(), E, 32, 64);
   std::vector<int64_t> order(E);
-  if (E < (int64_t(1) << 32)) {
-    std::vector<uint64_t> words(E);
-    for (int64_t i = 0; i < E; ++i) words[i] = (uint64_t(weight_key(w[i])) << 32) | uint64_t(i);
-    std::vector<uint64_t> tmp(E);
-    const uint64_t* sorted = radix_sort_words(words.data(), tmp.data(), E, 32, 64);
-    for (int64_t i = 0; i < E; ++i) order[i] = int64_t(sorted[i] & 0xFFFFFFFFull);
-  } else {
-    std::iota(order.begin(), order.end(), int64_t(0));
-    std::stable_sort(order.begin(), order.end(),
-                     [w](int64_t a, int64_t b) { return weight_key(w[a]) < weight_key(w[b]); });
-  }
+  for (int64_t i = 0; i < E; ++i) order[i] = int64_t(sorted[i] & 0xFFFFFFFFull);
   return order;
 }
 
@@ -84,6 +82,9 @@ Tensor felzenszwalb_cpu(const Tensor& edges_in, const Tensor& weights_in, int64_
                     "volt::felzenszwalb: weights must be float32 (", edges_in.size(0), ",), got ",
                     weights_in.scalar_type(), " ", weights_in.sizes());
   TORCH_CHECK_VALUE(num_vertices >= 0, "volt::felzenszwalb: num_vertices must be >= 0, got ", num_vertices);
+  TORCH_CHECK_VALUE(edges_in.size(0) <= kMaxEdges, "volt::felzenszwalb: at most 2^32 - 1 edges per call (the edge ",
+                    "sort packs an edge's index into 32 bits), got ", edges_in.size(0),
+                    "; split the graph or sparsify its edges");
   const Tensor edges = edges_in.contiguous();
   const Tensor weights = weights_in.contiguous();
   const int64_t E = edges.size(0), N = num_vertices;

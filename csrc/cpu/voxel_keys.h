@@ -8,21 +8,13 @@
 #include <cstdint>
 
 #include "common.h"
+#include "cpu/isa.h"
 #include "cpu/radix_sort.h"
 
 namespace volt {
 namespace cpu {
 
 constexpr int kBlock = 16;  // points per vectorized block (48 coordinates: lane k holds axis k % 3)
-
-#if VOLT_X86_DISPATCH
-// AVX-512 clones need F (512-bit), DQ (64-bit products and conversions), VL and BW (narrower lanes).
-inline bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
-#endif
 
 // Min and max of each axis over points [0, m) (folded into lo3/hi3) and whether all are finite.
 template <typename T>
@@ -54,12 +46,11 @@ inline __attribute__((always_inline)) void coord_bounds_body(const T* c, int64_t
 
 #if VOLT_X86_DISPATCH
 template <typename T>
-__attribute__((target("avx2"))) void coord_bounds_avx2(const T* c, int64_t m, T lo3[3], T hi3[3], bool& finite) {
+VOLT_TARGET_AVX2 void coord_bounds_avx2(const T* c, int64_t m, T lo3[3], T hi3[3], bool& finite) {
   coord_bounds_body(c, m, lo3, hi3, finite);
 }
 template <typename T>
-__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) void coord_bounds_avx512(const T* c, int64_t m, T lo3[3],
-                                                                                       T hi3[3], bool& finite) {
+VOLT_TARGET_AVX512 void coord_bounds_avx512(const T* c, int64_t m, T lo3[3], T hi3[3], bool& finite) {
   coord_bounds_body(c, m, lo3, hi3, finite);
 }
 #endif
@@ -67,9 +58,8 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) void coord_bounds_
 template <typename T>
 void coord_bounds(const T* c, int64_t m, T lo3[3], T hi3[3], bool& finite) {
 #if VOLT_X86_DISPATCH
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx512()) return coord_bounds_avx512(c, m, lo3, hi3, finite);
-  if (avx2) return coord_bounds_avx2(c, m, lo3, hi3, finite);
+  if (cpu_has_avx512()) return coord_bounds_avx512(c, m, lo3, hi3, finite);
+  if (cpu_has_avx2()) return coord_bounds_avx2(c, m, lo3, hi3, finite);
 #endif
   coord_bounds_body(c, m, lo3, hi3, finite);
 }
@@ -120,13 +110,13 @@ inline __attribute__((always_inline)) void scene_keys_body(const T* c, int64_t m
 
 #if VOLT_X86_DISPATCH
 template <typename T>
-__attribute__((target("avx2"))) void scene_keys_avx2(const T* c, int64_t m, T g, const T cell_lo[3],
-                                                     const ScenePack& p, uint64_t base, const KeyOut& o) {
+VOLT_TARGET_AVX2 void scene_keys_avx2(const T* c, int64_t m, T g, const T cell_lo[3], const ScenePack& p,
+                                      uint64_t base, const KeyOut& o) {
   scene_keys_body(c, m, g, cell_lo, p, base, o);  // 8 divisions per instruction instead of 4
 }
 template <typename T>
-__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) void scene_keys_avx512(
-    const T* c, int64_t m, T g, const T cell_lo[3], const ScenePack& p, uint64_t base, const KeyOut& o) {
+VOLT_TARGET_AVX512 void scene_keys_avx512(const T* c, int64_t m, T g, const T cell_lo[3], const ScenePack& p,
+                                          uint64_t base, const KeyOut& o) {
   scene_keys_body(c, m, g, cell_lo, p, base, o);  // 64-bit lanes and conversions: about 2x the AVX2 clone
 }
 #endif
@@ -134,30 +124,28 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) void scene_keys_av
 template <typename T>
 void scene_keys(const T* c, int64_t m, T g, const T cell_lo[3], const ScenePack& p, uint64_t base, const KeyOut& o) {
 #if VOLT_X86_DISPATCH
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx512()) return scene_keys_avx512(c, m, g, cell_lo, p, base, o);
-  if (avx2) return scene_keys_avx2(c, m, g, cell_lo, p, base, o);
+  if (cpu_has_avx512()) return scene_keys_avx512(c, m, g, cell_lo, p, base, o);
+  if (cpu_has_avx2()) return scene_keys_avx2(c, m, g, cell_lo, p, base, o);
 #endif
   scene_keys_body(c, m, g, cell_lo, p, base, o);
 }
 
-// The random part of voxel v's pick for v in [v0, v0 + m): the top 32 bits of splitmix64(seed, v)
-// (common.h pick_offset). Computed ahead in blocks so the multiplies vectorize: AVX-512 DQ has 64-bit
-// vector products (8 per instruction); AVX2 has none, so it gains nothing over the scalar loop.
+// The random part of voxel v's pick for v in [v0, v0 + m): pick_bits32(seed, v) (common.h). Computed
+// ahead in blocks so the multiplies vectorize: AVX-512 DQ has 64-bit vector products (8 per
+// instruction); AVX2 has none, so it gains nothing over the scalar loop.
 inline __attribute__((always_inline)) void pick_bits_body(uint64_t seed, int64_t v0, int64_t m, uint32_t* out) {
-  for (int64_t q = 0; q < m; ++q) out[q] = uint32_t(splitmix64(seed, uint64_t(v0 + q)) >> 32);
+  for (int64_t q = 0; q < m; ++q) out[q] = pick_bits32(seed, uint64_t(v0 + q));
 }
 
 #if VOLT_X86_DISPATCH
-__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) inline void pick_bits_avx512(
-    uint64_t seed, int64_t v0, int64_t m, uint32_t* out) {
+VOLT_TARGET_AVX512 inline void pick_bits_avx512(uint64_t seed, int64_t v0, int64_t m, uint32_t* out) {
   pick_bits_body(seed, v0, m, out);
 }
 #endif
 
 inline void pick_bits(uint64_t seed, int64_t v0, int64_t m, uint32_t* out) {
 #if VOLT_X86_DISPATCH
-  if (has_avx512()) return pick_bits_avx512(seed, v0, m, out);
+  if (cpu_has_avx512()) return pick_bits_avx512(seed, v0, m, out);
 #endif
   pick_bits_body(seed, v0, m, out);
 }

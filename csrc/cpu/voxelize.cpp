@@ -14,6 +14,7 @@
 #include <cmath>
 #include <optional>
 
+#include "cpu/isa.h"
 #include "cpu/radix_sort_top.h"
 #include "cpu/voxel_keys.h"
 
@@ -39,6 +40,9 @@ void for_each_scene_piece(const int64_t* off, int64_t num_scenes, int64_t b, int
   }
 }
 
+// Voxels whose picks' random bits are computed ahead in one loop (pick_bits, vectorized): 1 KiB of bits.
+constexpr int64_t kPickBlock = 256;
+
 // Sorted (key, point) sequence, either packed words or key and order arrays.
 struct WordView {
   const uint64_t* w;
@@ -62,15 +66,14 @@ inline __attribute__((always_inline)) int64_t count_changes_body(const View& v, 
 }
 #if VOLT_X86_DISPATCH
 template <typename View>
-__attribute__((target("avx2"))) int64_t count_changes_avx2(const View& v, int64_t i0, int64_t i1) {
+VOLT_TARGET_AVX2 int64_t count_changes_avx2(const View& v, int64_t i0, int64_t i1) {
   return count_changes_body(v, i0, i1);  // 64-bit compares vectorize with AVX2 only
 }
 #endif
 template <typename View>
 int64_t count_changes(const View& v, int64_t i0, int64_t i1) {
 #if VOLT_X86_DISPATCH
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return count_changes_avx2(v, i0, i1);
+  if (cpu_has_avx2()) return count_changes_avx2(v, i0, i1);
 #endif
   return count_changes_body(v, i0, i1);
 }
@@ -142,7 +145,7 @@ Outputs runs(const View& view, bool write_order, Tensor order, const int64_t* of
   for (int64_t ci = t - 1; ci >= 0; --ci) next_new[ci] = first_new[ci] >= 0 ? first_new[ci] : next_new[ci + 1];
   // Pass B over voxels: ends -> counts and grid cells (decoded from the key); then the random picks
   // (two light loops keep their values in registers; the picks' random bits come first for a block of
-  // 256 voxels, in a loop that vectorizes).
+  // kPickBlock voxels, in a loop that vectorizes).
   const uint64_t sd = seed ? uint64_t(*seed) : 0;
   for_each_chunk(cb, [&](int64_t ci, int64_t, int64_t) {
     const View vw = view;
@@ -171,13 +174,13 @@ Outputs runs(const View& view, bool write_order, Tensor order, const int64_t* of
     int64_t* const pkv = pk;
     const uint64_t seed_bits = sd;
     start = first_new[ci];
-    uint32_t r[256];
-    for (int64_t vb = v0; vb < v1; vb += 256) {
-      const int64_t m = std::min<int64_t>(256, v1 - vb);
+    uint32_t r[kPickBlock];
+    for (int64_t vb = v0; vb < v1; vb += kPickBlock) {
+      const int64_t m = std::min(kPickBlock, v1 - vb);
       pick_bits(seed_bits, vb, m, r);
       for (int64_t q = 0; q < m; ++q) {  // = pick_offset(seed, v, n_v)
         const int64_t n_v = c[vb + q];
-        pkv[vb + q] = vw.idx(start + int64_t((uint64_t(r[q]) * uint64_t(n_v)) >> 32));
+        pkv[vb + q] = vw.idx(start + scale_pick(r[q], n_v));
         start += n_v;
       }
     }
