@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -20,6 +22,18 @@ SHARED_DATA = _locate("VOLT_SHARED_DATA", "../shared/data")
 FIXTURES = _locate("VOLT_FIXTURES", "../shared/fixtures")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Real scans under the `shared_data` folder that several test files read.
+SCANNET_PLY = "scannet/scene0000_00/scene0000_00_vh_clean_2.ply"  # 81369-point mesh, colors
+NUSCENES_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
+
+
+def load_tool(name: str) -> ModuleType:
+    """tools/<name>.py imported as a fresh module (the tools are scripts, not a package), to call its main()."""
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

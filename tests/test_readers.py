@@ -1,15 +1,24 @@
-"""read_cloud / write_ply: round trips through every user format, value conversions, bad input, real scans."""
+"""read_cloud / write_ply / atomic_write: round trips through every user format, value conversions, bad input,
+real scans.
+
+Two kinds of round trip: the per-format variants (aliases, separators, LAS color conventions) on one random
+cloud, and one writer per SUPPORTED_FORMATS suffix (so a new format cannot be added without one) run on
+1-, 2- and 1000-point clouds and on real ScanNet colors and nuScenes intensities.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import plyfile
 import pytest
+from conftest import NUSCENES_SWEEP, SCANNET_PLY
 
-from volt.data.io import write_scene
+from volt.data.io import atomic_write, write_scene
 from volt.data.ply_cloud import write_ply
 from volt.data.readers import SUPPORTED_FORMATS, read_cloud
 from volt.data.scene import Scene
@@ -35,7 +44,7 @@ def scene() -> Scene:
 
 
 def _matrix(s: Scene, fields: tuple[str, ...]) -> np.ndarray:
-    return np.concatenate([s[f].reshape(N, -1).astype(np.float64) for f in fields], axis=1)
+    return np.concatenate([s[f].reshape(s.num_points, -1).astype(np.float64) for f in fields], axis=1)
 
 
 def _text(path: Path, s: Scene, header: str | None, fields: tuple[str, ...], sep: str) -> Path:
@@ -44,17 +53,24 @@ def _text(path: Path, s: Scene, header: str | None, fields: tuple[str, ...], sep
 
 
 def _las(path: Path, s: Scene, colors16: str = "x257", offset=(0.0, 0.0, 0.0)) -> Path:
+    """The fields of `s` LAS can hold; 8-bit colors stored as 16 bit (x257), shifted (<< 8) or "as-is"."""
     laspy = pytest.importorskip("laspy")
-    las = laspy.LasData(laspy.LasHeader(point_format=3, version="1.2"))
+    if path.suffix == ".laz" and not laspy.LazBackend.detect_available():
+        pytest.skip("no LAZ backend (lazrs) installed")
+    # Point format 3 has RGB, 1 has none (read_cloud would read format 3's empty RGB as black).
+    las = laspy.LasData(laspy.LasHeader(point_format=3 if "color" in s else 1, version="1.2"))
     las.header.scales = np.array([1e-4, 1e-4, 1e-4])
     las.header.offsets = np.array(offset)
     xyz = s["coord"].astype(np.float64) + np.array(offset)
     las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    c = s["color"].astype(np.uint16)
-    c = c * 257 if colors16 == "x257" else c << 8 if colors16 == "shift" else c
-    las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
-    las.intensity = np.round(s["strength"][:, 0] * 65535).astype(np.uint16)
-    las.classification = np.clip(s["segment"], 0, 31).astype(np.uint8)
+    if "color" in s:
+        c = s["color"].astype(np.uint16)
+        c = c * 257 if colors16 == "x257" else c << 8 if colors16 == "shift" else c
+        las.red, las.green, las.blue = c[:, 0], c[:, 1], c[:, 2]
+    if "strength" in s:
+        las.intensity = np.round(s["strength"][:, 0].astype(np.float64) * 65535).astype(np.uint16)
+    if "segment" in s:
+        las.classification = np.clip(s["segment"], 0, 31).astype(np.uint8)
     las.write(str(path))
     return path
 
@@ -94,6 +110,22 @@ ROUND_TRIPS = {
 }
 
 
+def _assert_values(got: Scene, written: Scene, fields, kind: str) -> None:
+    """`got` holds `written`'s `fields` with their dtypes, exactly or within what format `kind` stores."""
+    las = kind in ("las", "laz")
+    for f in fields:
+        want = np.clip(written[f], 0, 31) if (las and f == "segment") else written[f]  # classification is uint8
+        assert got[f].dtype == written[f].dtype, (kind, f)
+        if f == "coord" and las:
+            np.testing.assert_allclose(got[f], want, atol=6e-5, err_msg=kind)  # LAS stores 1e-4 steps
+        elif f == "strength" and las:
+            np.testing.assert_allclose(got[f], want, atol=1 / 65535, err_msg=kind)  # 16-bit intensity
+        elif f == "strength" and kind == "pcd.bin":
+            np.testing.assert_allclose(got[f], want, rtol=1e-6, err_msg=kind)  # * 255 / 255 in float32
+        else:
+            np.testing.assert_array_equal(got[f], want, err_msg=f"{kind} {f}")
+
+
 @pytest.mark.parametrize("case", list(ROUND_TRIPS))
 def test_round_trip(case, scene, tmp_path):
     writer, fields, kwargs = ROUND_TRIPS[case]
@@ -102,17 +134,109 @@ def test_round_trip(case, scene, tmp_path):
     assert got.name == "a" and got.meta["source"] == [str(path)]
     las = case.startswith("la")
     assert set(got.arrays) == set(fields) | ({"strength"} if las else set())  # LAS always carries intensity
-    for f in fields:
-        want = np.clip(scene[f], 0, 31) if (las and f == "segment") else scene[f]  # classification is uint8
-        assert got[f].dtype == scene[f].dtype, f
-        if f == "coord" and las:
-            np.testing.assert_allclose(got[f], want, atol=6e-5)  # LAS stores 1e-4 steps
-        elif f == "strength" and las:
-            np.testing.assert_allclose(got[f], want, atol=1 / 65535)
-        else:
-            np.testing.assert_array_equal(got[f], want, err_msg=f)
+    _assert_values(got, scene, fields, "las" if las else case)
     if case == "las":
         assert "segment" not in read_cloud(path)  # LAS classes only on request
+
+
+# One writer per format read_cloud supports: suffix -> (writer(path, scene) -> file, fields the format holds).
+# Column names read_cloud understands (volt.data.ply_cloud), in the order of ALL.
+TEXT_COLUMNS = {"coord": ("x", "y", "z"), "color": ("red", "green", "blue"), "normal": ("nx", "ny", "nz"),
+                "strength": ("intensity",), "segment": ("label",), "instance": ("instance",)}
+
+
+def _text_all(path: Path, s: Scene, sep: str) -> Path:
+    """Every field of `s`, under the column names read_cloud understands."""
+    fields = tuple(f for f in ALL if f in s)
+    return _text(path, s, sep.join(name for f in fields for name in TEXT_COLUMNS[f]), fields, sep)
+
+
+def _npy_plain(path: Path, s: Scene) -> Path:
+    """The plain (N, C) layouts: xyz + intensity, or xyz + rgb (+ label)."""
+    columns = ("coord", "strength") if "strength" in s else XYZ_RGB_L if "segment" in s else XYZ_RGB
+    return _npy(path, _matrix(s, columns))
+
+
+def _lidar_bin(columns: int) -> Callable[[Path, Scene], Path]:
+    def write(path: Path, s: Scene) -> Path:
+        raw = s["strength"] * (255.0 if columns == 5 else 1.0)  # nuScenes stores 0..255, KITTI 0..1
+        cols = [s["coord"], raw] + ([np.zeros((s.num_points, 1))] if columns == 5 else [])
+        np.concatenate(cols, axis=1).astype("<f4").tofile(path)
+        return path
+
+    return write
+
+
+LAS_FIELDS = ("coord", "color", "strength", "segment")
+FORMAT_WRITERS: dict[str, tuple[Callable[[Path, Scene], Path], tuple[str, ...]]] = {
+    ".ply": (write_ply, ALL),
+    ".npy": (_npy_plain, ("coord", "color", "strength", "segment")),
+    ".npz": (lambda p, s: _npz(p, **s.arrays), ALL),
+    ".txt": (lambda p, s: _text_all(p, s, " "), ALL),
+    ".csv": (lambda p, s: _text_all(p, s, ","), ALL),
+    ".xyz": (lambda p, s: _text_all(p, s, " "), ALL),
+    ".las": (_las, LAS_FIELDS),
+    ".laz": (_las, LAS_FIELDS),
+    ".pcd.bin": (_lidar_bin(5), ("coord", "strength")),
+    ".bin": (_lidar_bin(4), ("coord", "strength")),
+    "scene": (lambda p, s: write_scene(s, p), ALL),
+}
+
+
+def test_every_supported_format_has_a_round_trip():
+    assert set(FORMAT_WRITERS) == set(SUPPORTED_FORMATS) | {"scene"}
+
+
+def _format_round_trip(cloud: Scene, suffix: str, tmp_path: Path) -> None:
+    """Write the fields of `cloud` the format holds, read them back (LAS classes as labels), compare."""
+    writer, holds = FORMAT_WRITERS[suffix]
+    kept = Scene("cloud", {f: cloud[f] for f in holds if f in cloud}).validate()
+    path = writer(tmp_path / ("cloud" if suffix == "scene" else f"cloud{suffix}"), kept)
+    las = suffix in (".las", ".laz")
+    got = read_cloud(path, las_labels=las)
+    # LAS always carries an intensity, and a classification (read as labels here: las_labels=True)
+    assert set(got.arrays) == set(kept.arrays) | ({"strength", "segment"} if las else set()), suffix
+    assert got.num_points == kept.num_points
+    _assert_values(got, kept, kept.arrays, suffix.lstrip("."))
+
+
+@pytest.mark.parametrize("suffix", list(FORMAT_WRITERS))
+@pytest.mark.parametrize("n", [1, 2, 1000])
+def test_edge_sizes_round_trip(suffix, n, tmp_path):
+    rng = np.random.default_rng(n)
+    normal = rng.normal(size=(n, 3))
+    cloud = Scene("cloud", {
+        "coord": rng.uniform(-50, 50, (n, 3)),
+        "color": rng.integers(0, 256, (n, 3)),
+        "normal": normal / np.linalg.norm(normal, axis=1, keepdims=True),
+        "segment": rng.integers(0, 20, n),  # >= 0: LAS classification has no -1
+        "instance": rng.integers(-1, 5, n),
+    }).validate()
+    if suffix in (".pcd.bin", ".bin"):
+        cloud = Scene("cloud", {"coord": cloud["coord"], "strength": rng.uniform(0, 1, (n, 1))}).validate()
+    _format_round_trip(cloud, suffix, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def real_clouds(shared_data) -> dict[str, Scene]:
+    """Every 7th point of the real ScanNet mesh (colors) and nuScenes sweep (intensities)."""
+    out = {}
+    for key, rel in (("scannet", SCANNET_PLY), ("nuscenes", NUSCENES_SWEEP)):
+        s = read_cloud(shared_data / rel)
+        out[key] = Scene(key, {f: v[::7] for f, v in s.arrays.items()}).validate()
+    return out
+
+
+# The real clouds' per-point fields besides coord; each is written to every format that can hold them.
+REAL_FIELDS = {"scannet": {"color"}, "nuscenes": {"strength"}}
+REAL_CASES = [(cloud, suffix) for cloud, fields in REAL_FIELDS.items()
+              for suffix, (_, holds) in FORMAT_WRITERS.items() if fields & set(holds)]
+
+
+@pytest.mark.parametrize("cloud, suffix", REAL_CASES)
+def test_real_scans_round_trip(real_clouds, cloud, suffix, tmp_path):
+    assert set(real_clouds[cloud].arrays) == {"coord"} | REAL_FIELDS[cloud]
+    _format_round_trip(real_clouds[cloud], suffix, tmp_path)
 
 
 def test_scene_folder_and_fmt_override(scene, tmp_path):
@@ -199,7 +323,30 @@ def test_write_ply_prediction_colors(scene, tmp_path):
     assert b"binary_little_endian" in header and b"property uchar red" in header and b"label" not in header
     got = read_cloud(path)
     assert set(got.arrays) == {"coord", "color"}
-    assert not list(path.parent.glob(".*.tmp"))
+    assert not list(path.parent.glob(".*"))  # no temporary file left beside it
+
+
+def test_atomic_write(tmp_path):
+    target = tmp_path / "sub" / "a.npy"
+    # np.save appends ".npy" to other names: the temporary file keeps the suffix, so nothing else appears.
+    assert atomic_write(target, lambda tmp: np.save(tmp, np.arange(3))) == target
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert [p.name for p in target.parent.iterdir()] == ["a.npy"]
+    # The writer creates the file: the usual permissions (umask), not mkstemp's owner-only 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    np.testing.assert_array_equal(np.load(target), np.arange(3))  # the old file is untouched, no debris
+    assert [p.name for p in target.parent.iterdir()] == ["a.npy"]
+    atomic_write(target, lambda tmp: np.save(tmp, np.ones(2)), durable=True)
+    np.testing.assert_array_equal(np.load(target), np.ones(2))
 
 
 def _truncated_ply(d: Path, s: Scene) -> Path:
@@ -304,8 +451,7 @@ def test_laz_without_backend_names_extra(scene, tmp_path, monkeypatch):
 
 
 def test_real_scannet_mesh(shared_data):
-    path = shared_data / "scannet/scene0000_00/scene0000_00_vh_clean_2.ply"
-    got = read_cloud(path)
+    got = read_cloud(shared_data / SCANNET_PLY)
     assert got.num_points == 81369 and set(got.arrays) == {"coord", "color"}
     assert got.name == "scene0000_00_vh_clean_2"
     assert got["color"].std() > 10 and np.ptp(got["coord"], axis=0).min() > 1  # real colors, metre-sized room
@@ -320,11 +466,7 @@ def test_real_scannet_labels_ply(shared_data):
 @pytest.mark.parametrize(
     "relative, module, points",
     [
-        (
-            "nuscenes/samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin",
-            "volt.data.nuscenes",
-            34688,
-        ),
+        (NUSCENES_SWEEP, "volt.data.nuscenes", 34688),
         ("semantic_kitti/sequences/00/velodyne/000000.bin", "volt.data.semantic_kitti", 124668),
     ],
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, load_tool
 
 from volt.data.io import write_scene
 from volt.data.scannet_classes import CLASS_NAMES_20
@@ -26,8 +27,6 @@ from volt.viz import color_labels, generic_palette, instance_colors, palette
 from volt.viz.html import write_viewer
 from volt.viz.o3d import open3d_unavailable
 from volt.viz.render import CORRECT_COLOR, UNLABELLED_COLOR, WRONG_COLOR, error_colors, paint, project
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -105,6 +104,11 @@ def test_point_spacing_and_auto_splats():
     assert point_spacing(plane * 10) == pytest.approx(0.4, rel=0.3)
     # Auto-sized splats close the holes of the grid seen from above; 1-pixel splats do not.
     assert project(plane, "top", (300, 300)).coverage > 0.8 > project(plane, "top", (300, 300), point_px=1).coverage
+    # A spacing computed once by the caller gives the same raster; a given spacing is what sizes the splats.
+    auto = project(plane, "oblique", (300, 300))
+    assert np.array_equal(project(plane, "oblique", (300, 300), spacing=point_spacing(plane)).index, auto.index)
+    tiny = project(plane, "top", (300, 300), spacing=1e-9).index
+    assert np.array_equal(tiny, project(plane, "top", (300, 300), point_px=1).index)
 
 
 def test_render_pixels_differ_exactly_where_prediction_is_wrong():
@@ -134,9 +138,13 @@ def test_error_colors():
         error_colors(np.zeros(3), np.zeros(4))
 
 
-def test_render_panels_png(tmp_path):
+def test_render_panels_png(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    from volt.viz import render
     from volt.viz.render import class_legend, render_panels
+
+    calls = []  # the spacing is the same for every view: estimated once per figure
+    monkeypatch.setattr(render, "point_spacing", lambda c, f=render.point_spacing: calls.append(1) or f(c))
 
     s = scene_arrays()
     gt, pred = s["segment20"], wrong_prediction(s["segment20"])
@@ -151,6 +159,7 @@ def test_render_panels_png(tmp_path):
     red = (np.abs(img - np.array(WRONG_COLOR)).sum(-1) < 90)
     assert red.sum() > 200  # the errors panel shows the wrong points
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    assert len(calls) == 1
 
 
 # --- metrics JSON, charts -----------------------------------------------------------------------------------
@@ -292,16 +301,7 @@ def test_scene_pictures_on_demo_scenes(demo_processed, tmp_path, dataset):
     assert (np.abs(img - np.array(WRONG_COLOR)).sum(-1) < 90).sum() > 100
 
 
-def render_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_tool", ROOT / "tools" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_render_cli(tmp_path, capsys):
+def test_render_cli(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     scene_dir, pred = write_test_scene(tmp_path)
     metrics = evaluation(tmp_path)
@@ -315,7 +315,7 @@ def test_render_cli(tmp_path, capsys):
     assert sorted(p.name for p in printed) == ["confusion.png", "iou.png", "room0_scene.png", "room0_viewer.html"]
     assert all(p.is_file() for p in printed)
     assert "open3d window" in done.stdout
-    tool = render_tool()
+    tool = load_tool("render")
     assert tool.main([str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
     np.save(tmp_path / "short.npy", np.zeros(10, np.int16))
@@ -324,6 +324,21 @@ def test_render_cli(tmp_path, capsys):
     assert "10 predictions" in err and "room0" in err
     assert tool.main([str(scene_dir), "--field", "segment200", "--out", str(tmp_path / "o3")]) == 2
     assert "no label field 'segment200'" in capsys.readouterr().err
+    # --open3d shows the very layers the pictures were drawn from (the scene is read and coloured once).
+    from volt.data import io
+    from volt.viz import o3d, pictures
+
+    shown, reads = {}, []
+    monkeypatch.setattr(o3d, "open3d_unavailable", lambda: None)
+    monkeypatch.setattr(o3d, "show_open3d", lambda coord, layers, title, normal: shown.update(layers=layers))
+    for module in (pictures, io):  # the name the pictures use, and the one a second reader would import
+        monkeypatch.setattr(module, "read_scene", lambda d, f=io.read_scene: reads.append(d) or f(d))
+    assert tool.main([str(scene_dir), "--pred", str(pred), "--out", str(tmp_path / "o4"), "--open3d"]) == 0
+    assert len(reads) == 1
+    _, layers, _ = pictures.load_scene_layers(scene_dir, pred)
+    assert list(shown["layers"]) == ["color", "ground truth", "prediction", "errors", "instances"]
+    for got, want in zip(shown["layers"].values(), layers.values()):
+        np.testing.assert_array_equal(got, want)
     with pytest.raises(SystemExit):
         tool.main([])  # nothing to draw: a usage error
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     import volt  # noqa: F401
@@ -26,6 +27,11 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from volt.errors import DataError, MissingExtraError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from volt.data.scene import Scene
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give a scene folder, --metrics and/or --run")
 
     from volt.viz.charts import load_metrics, training_curves
-    from volt.viz.pictures import metric_charts, scene_pictures
+    from volt.viz.pictures import load_scene_layers, metric_charts, write_scene_pictures
 
     written: list[Path] = []
+    scene = layers = None
     try:
         names = None
         if args.metrics is not None:
@@ -56,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             if "confusion_matrix" not in data:
                 print(f"note: {args.metrics} has no confusion matrix (older evaluation): no confusion.png")
         if args.scene is not None:
-            written += scene_pictures(args.scene, args.out, args.pred, class_names=names, field=args.field,
-                                      max_points=args.max_points)
+            # Read and coloured once: the pictures and the optional open3d window show the same layers.
+            scene, layers, legends = load_scene_layers(args.scene, args.pred, class_names=names, field=args.field)
+            written += write_scene_pictures(scene, layers, legends, args.out, max_points=args.max_points)
         if args.run is not None:
             written.append(training_curves(args.run, args.out / "curves.png"))
     except (DataError, MissingExtraError) as exc:
@@ -65,25 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in written:
         print(path)
-    if args.open3d and args.scene is not None:
-        show_window(args.scene, args.pred, names, args.field)
+    if args.open3d and scene is not None:
+        show_window(scene, layers)
     return 0
 
 
-def show_window(scene_dir: Path, pred: Path | None, names: list[str] | None, field: str | None) -> None:
-    """The optional open3d window; explains and returns when it cannot open."""
-    import numpy as np
-
-    from volt.data.io import read_scene
+def show_window(scene: Scene, layers: dict[str, np.ndarray]) -> None:
+    """The optional open3d window on the scene's layers; explains and returns when it cannot open."""
     from volt.viz.o3d import open3d_unavailable, show_open3d
-    from volt.viz.pictures import LAYER_LABELS, scene_layers
+    from volt.viz.pictures import LAYER_LABELS
 
     reason = open3d_unavailable()
     if reason:
         print(f"open3d window skipped: {reason}; open the HTML viewer instead")
         return
-    scene = read_scene(scene_dir)
-    layers, _, _ = scene_layers(scene, np.load(pred) if pred is not None else None, names, field)
     show_open3d(scene["coord"], {LAYER_LABELS.get(k, k): v for k, v in layers.items()}, title=scene.name,
                 normal=scene.arrays.get("normal"))
 

@@ -1,9 +1,12 @@
-"""Processed scene folders: one `.npy` per field plus `meta.json`, written atomically.
+"""Processed scene folders: one `.npy` per field plus `meta.json`, written atomically; `atomic_write` does
+the same for any single file.
 
 Layout (see data/README.md): `<root>/<split>/<scene>/{coord,color,normal,segment20,...}.npy` and
 `meta.json` = {"name", "dataset", "classes": {field: [names]}, "source": [files], ...}.
 A scene folder is first written to a hidden temporary sibling and then renamed into place, so an
 interrupted run never leaves a half-written scene behind and never damages a finished one.
+`atomic_write(path, write_fn)` gives one file the same guarantee: `write_fn` writes a hidden temporary
+sibling, which then replaces `path` in one rename.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,30 @@ from volt.data.scene import Scene
 from volt.errors import DataError
 
 META_FILE = "meta.json"
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object], durable: bool = False) -> Path:
+    """Write one file so that readers see the old file or the complete new one, never a half-written one.
+
+    `write_fn(tmp)` writes a hidden sibling `.<name>.<random>.tmp<suffix>` (same folder, so the rename cannot
+    cross file systems; same suffix, so writers that append one, like `np.save`, keep the name), which then
+    replaces `path`. On any error the temporary file is removed and `path` is left untouched. `durable`
+    also flushes the data to disk before the rename (for files a crash must not lose, e.g. checkpoints).
+    The parent folder is created. Returns `path` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name rather than mkstemp: the writer creates the file, so it gets the usual (umask) permissions.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        write_fn(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there when something failed
+    return path
 
 
 def checked_record_count(path: str | os.PathLike, record_bytes: int, what: str) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from volt.data.io import atomic_write
 from volt.data.scene import Scene
 from volt.errors import DataError
 
@@ -170,7 +171,7 @@ def write_ply(path: str | os.PathLike, scene: Scene | Mapping[str, np.ndarray], 
 
     Fields: coord -> x,y,z float; color -> red,green,blue uchar; normal -> nx,ny,nz float;
     strength -> intensity float; segment -> label int; instance, superpoint and segment<k> -> the same
-    name, int. The file is written to a temporary sibling and renamed, so it is never half-written.
+    name, int. The file is written atomically (`volt.data.io.atomic_write`), so it is never half-written.
     """
     import plyfile
 
@@ -185,11 +186,4 @@ def write_ply(path: str | os.PathLike, scene: Scene | Mapping[str, np.ndarray], 
         for i, prop in enumerate(props):
             vertex[prop] = values[:, i]
     ply = plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")], text=text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        ply.write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: ply.write(str(tmp)))

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from volt.data.io import atomic_write
 from volt.engine.metrics import SegMetrics
 from volt.errors import DataError
 
@@ -106,7 +106,6 @@ def read_confusion(data: dict[str, Any], source: str | os.PathLike | None = None
 
 def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any) -> Path:
     """Write {metrics_dict..., **extra} as JSON (temporary file + rename, so readers never see half)."""
-    path = Path(path)
     payload: dict[str, Any] = metrics_dict(metrics) if metrics is not None else {}
     payload.update(extra)
     matrix = payload.pop("confusion_matrix", None)
@@ -115,14 +114,4 @@ def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any)
         rows = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in matrix)
         head = text[:-1].rstrip()  # everything before the closing brace
         text = f'{head}{"," if payload else ""}\n  "confusion_matrix": [\n{rows}\n  ]\n}}'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))

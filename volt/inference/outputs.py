@@ -11,20 +11,21 @@
   colors when it has them) with `label` (and `instance`) properties; coordinates as the reader gave them
   (see `coord_offset` in the summary);
 - always `{stem}.json`: the class table with point counts, and how the prediction was made (meta).
-Every file is written to a temporary sibling and renamed, so none is ever half-written.
+Every file is written to a temporary sibling and renamed (`volt.data.io.atomic_write`), so none is ever
+half-written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from volt.data.io import atomic_write
 from volt.data.ply_cloud import write_ply
 from volt.viz.palette import color_labels, palette
 
@@ -32,18 +33,6 @@ if TYPE_CHECKING:
     from volt.inference.predictor import Prediction
 
 FORMATS = ("npy", "txt", "ply")
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _write_txt(path: Path, p: Prediction) -> Path:
@@ -58,10 +47,10 @@ def _write_txt(path: Path, p: Prediction) -> Path:
     # The header is a plain (non-comment) line: read_cloud takes a first non-numeric line as column names.
     header = f"# classes: {classes}\n{' '.join(names)}"
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         np.savetxt(tmp, np.hstack(columns), fmt=fmt, header=header, comments="")
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def _summary(p: Prediction) -> dict:
@@ -98,7 +87,7 @@ def save_prediction(
         if p.probs is not None:
             arrays["probs"] = p.probs.astype(np.float32)
         for key, value in arrays.items():
-            written.append(_atomic(out / f"{stem}_{key}.npy", lambda tmp, v=value: np.save(tmp, v)))
+            written.append(atomic_write(out / f"{stem}_{key}.npy", lambda tmp, v=value: np.save(tmp, v)))
     if "txt" in formats:
         written.append(_write_txt(out / f"{stem}.txt", p))
     if "ply" in formats:
@@ -108,5 +97,5 @@ def save_prediction(
             fields["instance"] = p.instance
         written.append(write_ply(out / f"{stem}.ply", fields))  # write_ply is atomic itself
     text = json.dumps(_summary(p), indent=1)
-    written.append(_atomic(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(text)))
+    written.append(atomic_write(out / f"{stem}.json", lambda tmp: tmp.write_text(text)))
     return written

@@ -5,7 +5,8 @@
 - `charts`: per-class IoU bars, normalized confusion heat map, training curves;
 - `html` (+ `viewer_page`): one self-contained WebGL/2D-canvas viewer page per scene;
 - `pictures`: scene folder / metrics.json / run folder -> all of the above (`demo_pictures`);
-- `o3d`: an optional open3d window.
+- `o3d`: an optional open3d window;
+- `figure`: the Agg matplotlib figure and PNG saving that `render` and `charts` share.
 Only NumPy is imported here; matplotlib (the `viz` extra) is imported inside the functions that draw.
 """
 

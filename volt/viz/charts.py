@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from volt.engine.report import read_confusion
-from volt.errors import DataError, require
+from volt.errors import DataError
+from volt.viz.figure import agg_figure, save_figure
 from volt.viz.palette import palette
 
 
@@ -33,23 +34,6 @@ def load_metrics(source: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, 
     return data, path
 
 
-def _figure(width: float, height: float, dpi: int = 100):
-    require("matplotlib", "viz", "Drawing charts")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)  # Agg canvas: no display, no global pyplot state
-    return fig
-
-
-def _save(fig, out_path: str | os.PathLike) -> Path:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, facecolor="white")
-    return out
-
-
 def iou_bar_chart(
     metrics: str | os.PathLike | dict[str, Any], out_path: str | os.PathLike, title: str | None = None,
     dataset: str | None = None,
@@ -62,7 +46,7 @@ def iou_bar_chart(
     iou = np.array([float(c["iou"]) for c in classes]) * 100
     present = np.array([bool(c.get("present", True)) for c in classes])
     colors = palette(names, dataset) / 255.0
-    fig = _figure(7.0, 0.8 + 0.28 * len(names))
+    fig = agg_figure(7.0, 0.8 + 0.28 * len(names))
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(names))
     bars = ax.barh(y, iou, color=colors, edgecolor="#333333", linewidth=0.5)
@@ -83,7 +67,7 @@ def iou_bar_chart(
     ax.set_xlabel("IoU (%)")
     ax.set_title(title or "per-class IoU", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def normalized_confusion(matrix: np.ndarray) -> np.ndarray:
@@ -107,7 +91,7 @@ def confusion_heatmap(
     k = len(names)
     side = min(2.5 + 0.42 * k, 22.0)  # ScanNet200: 200 rows still fit one readable picture
     font = max(3.0, min(7.0, 280.0 / k))
-    fig = _figure(side + 1.2, side)
+    fig = agg_figure(side + 1.2, side)
     ax = fig.add_subplot(1, 1, 1)
     from matplotlib import colormaps
 
@@ -125,7 +109,7 @@ def confusion_heatmap(
     ax.set_ylabel("ground truth")
     ax.set_title(title or f"confusion matrix (rows normalized; {int(counts.sum())} points)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def read_run_log(run: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
@@ -166,7 +150,7 @@ def training_curves(run: str | os.PathLike, out_path: str | os.PathLike, title: 
     if not train and not val:
         raise DataError(run, "metrics.jsonl holds no train or val records")
     train, val = _last_per_step(train), _last_per_step(val)
-    fig = _figure(13.0, 3.6)
+    fig = agg_figure(13.0, 3.6)
     # One dataset logs "mIoU"; joint training logs "<condition>/mIoU" per dataset.
     miou_keys = sorted({k for r in val for k in r if k == "mIoU" or k.endswith("/mIoU")})
     panels = [
@@ -195,4 +179,4 @@ def training_curves(run: str | os.PathLike, out_path: str | os.PathLike, title: 
     head = title or f"training curves: {Path(run)}"
     fig.suptitle(head + (f"  (best val mIoU {100 * best:.1f})" if best is not None else ""), fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)

@@ -1,5 +1,6 @@
 """From files on disk to pictures: a processed scene folder (+ per-point predictions) -> a panel PNG and an
-HTML viewer page; an evaluation's metrics.json -> IoU bars and confusion heat map; a run folder -> training
+HTML viewer page (`scene_pictures`; or `load_scene_layers` then `write_scene_pictures`, for callers that reuse
+the layers); an evaluation's metrics.json -> IoU bars and confusion heat map; a run folder -> training
 curves. `demo_pictures` does all of it for one scene of a finished run (what tools/demo.py shows).
 
 Colourings ("layers"), by URL key: color (the scan's RGB), intensity (LiDAR strength), gt, pred, errors
@@ -96,16 +97,14 @@ def scene_layers(
     return layers, legends, class_names
 
 
-def scene_pictures(
+def load_scene_layers(
     scene_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
     pred: np.ndarray | str | os.PathLike | None = None,
     class_names: list[str] | None = None,
     field: str | None = None,
-    max_points: int = 200_000,
-    panel_px: int = 360,
-) -> list[Path]:
-    """<out_dir>/<scene>_scene.png (panels x top-down/oblique views + legend) and <scene>_viewer.html."""
+) -> tuple[Scene, dict[str, np.ndarray], dict[str, list]]:
+    """(scene, layers, legends) of a processed scene folder and its predictions (an array or a .npy file), as
+    `scene_layers` makes them; unusable inputs raise DataError naming the folder or the file."""
     scene = read_scene(scene_dir)
     if pred is not None and not isinstance(pred, np.ndarray):
         try:
@@ -116,6 +115,19 @@ def scene_pictures(
         layers, legends, _ = scene_layers(scene, pred, class_names, field)
     except DataError as exc:
         raise DataError(scene_dir, exc.problem) from exc
+    return scene, layers, legends
+
+
+def write_scene_pictures(
+    scene: Scene,
+    layers: dict[str, np.ndarray],
+    legends: dict[str, list],
+    out_dir: str | os.PathLike,
+    max_points: int = 200_000,
+    panel_px: int = 360,
+) -> list[Path]:
+    """<out_dir>/<scene>_scene.png (panels x top-down/oblique views + legend) and <scene>_viewer.html from
+    `load_scene_layers`' results."""
     normal = scene.arrays.get("normal")
     out = Path(out_dir)
     legend = list(legends.get("gt", legends.get("pred", []))) + list(legends.get("errors", []))
@@ -127,6 +139,20 @@ def scene_pictures(
                         labels={k: LAYER_LABELS.get(k, k) for k in layers}, legends=legends, title=scene.name,
                         default=default, normal=normal, max_points=max_points)
     return [png, page]
+
+
+def scene_pictures(
+    scene_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    pred: np.ndarray | str | os.PathLike | None = None,
+    class_names: list[str] | None = None,
+    field: str | None = None,
+    max_points: int = 200_000,
+    panel_px: int = 360,
+) -> list[Path]:
+    """<out_dir>/<scene>_scene.png (panels x top-down/oblique views + legend) and <scene>_viewer.html."""
+    scene, layers, legends = load_scene_layers(scene_dir, pred, class_names, field)
+    return write_scene_pictures(scene, layers, legends, out_dir, max_points, panel_px)
 
 
 def metric_charts(metrics_json: str | os.PathLike | dict[str, Any], out_dir: str | os.PathLike,

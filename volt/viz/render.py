@@ -5,8 +5,8 @@ an oblique view, with a class legend.
 `project(coord, view, size)` -> `Raster` (which point is drawn at each pixel, and its depth) is computed once
 per view and shared by every colouring, so panels line up pixel for pixel; `paint(raster, colors)` -> RGB
 image. `render_panels(coord, layers, out_path, legend=...)` draws the figure with matplotlib (Agg, no
-display, imported lazily: the `viz` extra). Splatting in NumPy keeps 100k+ points fast where a matplotlib
-scatter would take seconds and draw far points over near ones.
+display, imported lazily: the `viz` extra; see `volt.viz.figure`). Splatting in NumPy keeps 100k+ points
+fast where a matplotlib scatter would take seconds and draw far points over near ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from volt.errors import DataError, require
+from volt.errors import DataError
+from volt.viz.figure import agg_figure, save_figure
 
 # view name -> (azimuth, elevation) in degrees; elevation 90 looks straight down with +y up on screen.
 VIEWS: dict[str, tuple[float, float]] = {"top": (0.0, 90.0), "oblique": (-35.0, 35.0)}
@@ -101,9 +102,12 @@ def project(
     point_px: int | None = None,
     margin: float = 0.04,
     normal: np.ndarray | None = None,
+    spacing: float | None = None,
 ) -> Raster:
     """Orthographic projection of (N, 3) points into an image of `size` = (H, W), fitted with equal scale on
-    both axes; each point covers a `point_px` square, and the nearest point wins each pixel.
+    both axes; each point covers a `point_px` square, and the nearest point wins each pixel. Without
+    `point_px` the square is as wide as the point spacing on screen: `spacing`, the cloud's
+    `point_spacing(coord)` (pass it when projecting one cloud several times: it costs more than a view).
 
     With (N, 3) `normal`s, points facing away from the viewer are culled (as a mesh renderer does), so the
     near walls of a room, seen from outside, do not hide its inside."""
@@ -125,7 +129,9 @@ def project(
     depth = p[:, 2].max() - p[:, 2]  # 0 = nearest to the viewer
     depth = depth / max(float(depth.max()), 1e-9)
     # Splats as wide as the point spacing on screen close the holes between neighbouring points.
-    k = point_px if point_px is not None else int(np.clip(np.ceil(point_spacing(coord) * scale), 1, 8))
+    if point_px is None:
+        spacing = point_spacing(coord) if spacing is None else spacing
+    k = point_px if point_px is not None else int(np.clip(np.ceil(spacing * scale), 1, 8))
     du, dv = (a.reshape(-1) for a in np.meshgrid(_offsets(k), _offsets(k)))
     order = np.argsort(depth, kind="stable")  # nearest first, so the first hit on a pixel is the visible one
     if normal is not None:
@@ -192,22 +198,23 @@ def render_panels(
     """One PNG: a row per view, a column per colouring in `layers` (title -> (N, 3) uint8), and the legend
     entries (name, rgb) in a column on the right; `normal` enables back-face culling (see `project`).
     Returns the written path."""
-    require("matplotlib", "viz", "Rendering scene pictures")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    cols = len(layers) + (1 if legend else 0)
+    fig = agg_figure(cols * panel_px / dpi, len(views) * panel_px / dpi + (0.4 if title else 0), dpi,
+                     "Rendering scene pictures")
     from matplotlib.patches import Patch
 
-    n = len(np.asarray(coord))
+    coord = np.asarray(coord, dtype=np.float64)
+    n = len(coord)
     for name, colors in layers.items():
         if np.asarray(colors).shape != (n, 3):
             raise DataError(None, f"layer '{name}' has shape {np.asarray(colors).shape}, expected ({n}, 3)")
-    cols = len(layers) + (1 if legend else 0)
-    fig = Figure(figsize=(cols * panel_px / dpi, len(views) * panel_px / dpi + (0.4 if title else 0)), dpi=dpi)
-    FigureCanvasAgg(fig)  # a Figure on an Agg canvas: no display and no global pyplot state
+    spacing = None  # the same for every view: estimated once (tens of ms on 100k points)
+    if point_px is None and coord.ndim == 2 and coord.shape[1] == 3:  # a wrong shape is reported by project
+        spacing = point_spacing(coord)
     grid = fig.add_gridspec(len(views), cols, wspace=0.02, hspace=0.06, left=0.03, right=0.99, bottom=0.01,
                             top=0.93 if title else 0.96)
     for r, view in enumerate(views):
-        raster = project(coord, view, (panel_px, panel_px), point_px, normal=normal)
+        raster = project(coord, view, (panel_px, panel_px), point_px, normal=normal, spacing=spacing)
         for c, (name, colors) in enumerate(layers.items()):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(paint(raster, colors), interpolation="nearest")
@@ -227,10 +234,7 @@ def render_panels(
                   ncol=1 + (len(handles) - 1) // 30, handlelength=1.2)
     if title:
         fig.suptitle(title, fontsize=12)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, facecolor="white")
-    return out
+    return save_figure(fig, out_path, dpi)
 
 
 def class_legend(
