@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from volt.data.io import atomic_write
 from volt.errors import DataError
 
 
@@ -393,9 +394,4 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config atomically (a reader never sees a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(to_yaml(cfg)))

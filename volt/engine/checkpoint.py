@@ -21,7 +21,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 import volt
+from volt.data.io import atomic_write
 from volt.errors import DataError, require
 
 FORMAT = "volt-checkpoint"
@@ -125,22 +125,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping, config:
             payload[key] = _state(value)
     for key, value in payload.items():
         _check_plain(value, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             if path.suffix == ".safetensors":
                 f.write(_safetensors_bytes(payload))
             else:
                 torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file, never half
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write, durable=True)  # readers see the old or the new file, never half of one
 
 
 def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
