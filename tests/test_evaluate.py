@@ -99,6 +99,28 @@ def test_precise_test_labels_metrics_and_cache(tmp_path):
         precise_test(model, [scene], lambda s: iter(FRAGMENTS), 3, out_dir=tmp_path)
 
 
+def test_cached_predictions_of_another_view_count_are_recomputed(tmp_path):
+    scene = {"name": "room", "coord": np.zeros((4, 3), np.float32), "segment": np.array([2, 1, 2, -1])}
+    model = FeatIsLogits()
+    first = precise_test(model, [scene], lambda s: iter(FRAGMENTS), 3, out_dir=tmp_path, num_views=2)
+    assert not first.scenes[0]["cached"] and len(model.calls) == 3
+    model.calls.clear()
+    same = precise_test(model, [scene], lambda s: iter(()), 3, out_dir=tmp_path, num_views=2)
+    assert same.scenes[0]["cached"] and model.calls == []
+    # Another number of views: a miss, recomputed with the views given (here: only view A, so point 3 of
+    # FRAGMENTS' view B is missing and the scene must fail rather than reuse the 2-view prediction).
+    with pytest.raises(DataError, match="in no fragment"):
+        precise_test(model, [scene], lambda s: iter(FRAGMENTS[:2]), 3, out_dir=tmp_path, num_views=1)
+    one = precise_test(model, [scene], lambda s: iter(FRAGMENTS), 3, out_dir=tmp_path, num_views=1)
+    assert not one.scenes[0]["cached"]
+    assert precise_test(model, [scene], lambda s: iter(()), 3, out_dir=tmp_path, num_views=1).scenes[0]["cached"]
+    # A cache without its record (older runs) is a miss when the views are known.
+    (tmp_path / "room_pred.json").unlink()
+    again = precise_test(model, [scene], lambda s: iter(FRAGMENTS), 3, out_dir=tmp_path, num_views=1)
+    assert not again.scenes[0]["cached"]
+    np.testing.assert_array_equal(np.load(tmp_path / "room_pred.npy"), EXPECTED_PRED)
+
+
 def test_subsample_inverse_expands_to_raw_points():
     # 6 raw points pre-subsampled to the 4 points of FRAGMENTS; inverse maps raw -> subsampled.
     inverse = np.array([0, 0, 1, 3, 2, 3])
@@ -287,6 +309,10 @@ def test_tools_test_cli_end_to_end(tmp_path, capsys):
     # A rerun reuses the cached predictions.
     assert tool.main(["--ckpt", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
     assert json.loads((out / "metrics.json").read_text())["scenes"][0]["cached"]
+    # ... but not those of another number of TTA views (nuScenes has 10).
+    assert tool.main(["--ckpt", str(ckpt), "--out", str(out), "--device", "cpu", "--views", "1"]) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["views"] == 1 and not data["scenes"][0]["cached"]
     assert tool.main(["--ckpt", str(ckpt), "--dataset", "nope", "--device", "cpu"]) == 2
 
 

@@ -23,21 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["coord", "color", "normal", "segment20", "instance", "superpoint"]
 
 
-def _recalibrate_batchnorm(model: torch.nn.Module, batch: dict) -> None:
-    """Running BN statistics = this batch's, so eval mode computes what training saw (overfit check only)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one pass gives the batch statistics
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
-
-
 def test_overfits_one_room(demo_processed):
     from volt.engine.instance_eval import InstanceEvaluator
     from volt.engine.instance_test import predict_instances
+    from volt.engine.instance_train import recompute_batchnorm
 
     torch.manual_seed(0)
     ds = SceneDataset(demo_processed / "scannet", "train", fields=FIELDS)
@@ -54,7 +43,9 @@ def test_overfits_one_room(demo_processed):
         out.loss.backward()
         opt.step()
     assert out.parts["dice"] < 0.05 and out.parts["matched_correct"] == out.parts["matched"] == 8
-    _recalibrate_batchnorm(model, batch)
+    # running BN statistics = this batch's, so eval mode computes what training saw (overfit check only)
+    assert recompute_batchnorm(model, [batch], torch.device("cpu")) == 1
+    model.eval()
     pred = predict_instances(model, scene, chain)
     assert pred["masks"].shape[1] == len(scene["coord"]) and pred["masks"].dtype == bool
     again = predict_instances(model, scene, chain)  # repeatable: the picks do not depend on earlier calls
@@ -111,6 +102,20 @@ def test_poly_schedule():
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[5] == pytest.approx(0.1 * 0.5 ** 0.9)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0) and opt.param_groups[0]["betas"][0] == 0.9
+
+
+def test_instance_evaluator_follows_the_config(tmp_path):
+    from volt.config import config_from_dict
+    from volt.data.scannet_classes import CLASS_NAMES_200
+    from volt.engine.instance_test import instance_evaluator
+
+    cfg = config_from_dict({"task": "instance", "instance": {"stuff_classes": [0, 1, 3]},
+                            "data": {"datasets": [{"condition": "ScanNet200", "pipeline": "scannet200",
+                                                   "num_classes": 200, "root": str(tmp_path / "none")}]}})
+    ev = instance_evaluator(cfg)  # no processed data: the benchmark's 200 names
+    assert ev.class_names == tuple(CLASS_NAMES_200)
+    assert ev.ignore.tolist() == [-1, 0, 1, 3] and 3 not in ev.valid and 199 in ev.valid
+    assert instance_evaluator(cfg, [f"c{i}" for i in range(200)]).class_names[5] == "c5"
 
 
 def test_fit_and_test_instance_task(demo_processed, tmp_path):

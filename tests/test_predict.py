@@ -3,7 +3,6 @@ fragments/tiles/TTA bookkeeping checked against a direct forward pass."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import plyfile
 import pytest
 import torch
+from conftest import NUSCENES_SWEEP, SCANNET_PLY, load_tool
 
 from volt.config import config_from_dict, to_dict
 from volt.data.io import write_scene
@@ -24,10 +24,6 @@ from volt.errors import DataError
 from volt.inference import Predictor
 from volt.inference.instances import point_instances
 from volt.viz.palette import color_labels, palette
-
-ROOT = Path(__file__).resolve().parents[1]
-SCANNET_PLY = "scannet/scene0000_00/scene0000_00_vh_clean_2.ply"
-NUSCENES_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
 
 
 def _checkpoint(path: Path, pipeline: str, in_channels: int, num_classes: int, grid: float, **extra) -> Path:
@@ -97,10 +93,7 @@ def test_real_scannet_scene_one_label_per_point(shared_data, scannet_prediction,
 
 
 def _run_cli(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("predict_tool", ROOT / "tools" / "predict.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(argv)
+    return load_tool("predict").main(argv)
 
 
 def test_cli_real_nuscenes_sweep_and_per_file_errors(shared_data, ckpts, tmp_path, capsys):
@@ -209,9 +202,16 @@ def test_tta_view_selection(ckpts):
     assert Predictor(ckpts["indoor"], device="cpu", tta=True).num_views == 13
     assert Predictor(ckpts["lidar"], device="cpu", tta=True).num_views == 10
     lidar = Predictor(ckpts["lidar"], device="cpu", tta=3)
-    probe = {"coord": np.arange(12, dtype=np.float32).reshape(4, 3)}
-    first = lidar.pipeline.views[0](probe, np.random.default_rng(0))["coord"]
-    np.testing.assert_array_equal(first, probe["coord"])  # the untransformed view comes first (not scale 0.9)
+    rng = np.random.default_rng(0)
+    coord = np.concatenate([rng.uniform(-20, 20, (300, 2)), rng.uniform(-2, 1, (300, 1))], 1).astype(np.float32)
+    frags = list(lidar.views({"name": "probe", "coord": coord, "strength": rng.random((300, 1), np.float32)}))
+    assert {f["view"] for f in frags} == {0, 1, 2}
+    rows = np.zeros((frags[0]["num_points"], 3), np.float32)  # view 0's coordinates of the pre-sampled points
+    for f in frags:
+        if f["view"] == 0:
+            rows[f["index"]] = f["coord"]
+    # the untransformed view comes first (not scale 0.9): each point lies within its 2.5 cm pre-sampling voxel
+    assert np.abs(rows[frags[0]["origin_inverse"]] - coord).max() < 0.03
     assert lidar.num_views == 3
     with pytest.raises(ValueError, match="13 views"):
         Predictor(ckpts["indoor"], device="cpu", tta=14)

@@ -58,7 +58,7 @@ def _overfit(cfg: Config, steps: int, crop: int) -> tuple[dict, dict]:
                            grid_size=ds.grid_size)
     chain.transforms.insert(1, SphereCrop(point_max=crop, mode="center"))  # right after SelectFields
     repeat = JointDataset([scene_dataset(ds, ds.train_split)], [steps // cfg.train.eval_epochs])
-    train = EpochLoader(build_loader(repeat, Dispatch([chain]), batch_size=1, seed=0), repeat)
+    train = EpochLoader(build_loader(repeat, Dispatch([chain]), batch_size=1, seed=0))
     val = EpochLoader(build_loader(scene_dataset(ds, ds.val_split), chain, batch_size=1, shuffle=False, seed=0))
     result = fit(cfg, loaders=(train, val))
     assert result.steps == steps

@@ -140,12 +140,25 @@ def test_non_finite_condition_loss_is_replaced_by_zero():
     batch = _two_condition_case()
     out = model(batch)
     assert torch.isfinite(out.loss) and out.parts["B/nonfinite"].item() == 1.0
+    assert out.parts["A/nonfinite"].item() == 0.0
     idx_a = torch.tensor([0, 1, 2, 5])
     with torch.no_grad():
         loss_a = Criteria.default()(model.seg_heads["A"](batch["feat"][idx_a]), batch["segment"][idx_a])[0]
     assert out.loss.item() == pytest.approx(loss_a.item() * 4 / 6, abs=1e-6)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_finite_step_reports_zero_nonfinite_for_every_condition():
+    # The trainer averages each part over the micro-batches that carry it: a flag written only when a loss
+    # is non-finite would always average to 1.0 in the log.
+    torch.manual_seed(0)
+    model = Segmentor(Scale(3), {"A": 3, "B": 2}).train()
+    out = model(_two_condition_case())
+    assert torch.isfinite(out.loss)
+    assert out.parts["A/nonfinite"].item() == 0.0 and out.parts["B/nonfinite"].item() == 0.0
+    only_a = model(_batch(torch.randn(3, 3), [0, 1, 2], [3], ["A"]))
+    assert only_a.parts["A/nonfinite"].item() == 0.0 and "B/nonfinite" not in only_a.parts
 
 
 def test_teacher_stays_frozen_outside_optimizer_state_dict_and_deepcopy():

@@ -23,7 +23,6 @@ teacher: `python tools/train.py configs/demo_volt_nodistill.yaml` then `python t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import shutil
@@ -32,17 +31,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the tests load this file by path
 
 import torch
+from _demo_common import finished_run  # tools/_demo_common.py
 
-from volt.config import Config, DistillCfg, load_config, to_dict
+from volt.config import Config, load_config
 from volt.data.dataset import SceneDataset
 from volt.data.nuscenes import prepare_nuscenes
-from volt.data.pipelines import build_pipeline, test_views
 from volt.data.scannet import prepare_scannet
 from volt.data.synthetic import make_demo_data
-from volt.engine.build import build_segmentor, class_names
-from volt.engine.checkpoint import load_checkpoint, load_state_strict
+from volt.engine.build import build_test_segmentor, class_names, test_views_for
+from volt.engine.checkpoint import load_checkpoint
+from volt.engine.dist import pick_device
 from volt.engine.evaluate import precise_test
 from volt.engine.report import format_table, save_json
 from volt.engine.threads import cpu_threads
@@ -74,20 +75,15 @@ def prepare_data(raw: Path, processed: Path, seed: int, overwrite: bool) -> int:
 
 def train(name: str, overrides: list[str], overwrite: bool) -> tuple[Config, Path, float, bool]:
     """Train configs/<name>.yaml unless the same run already finished: (config, run folder, best val mIoU,
-    whether it trained now). A run folder left by other settings (e.g. --quick) is started afresh."""
+    whether it trained now). A run folder left by other settings (e.g. --quick) is started afresh, an
+    interrupted run with the same settings is resumed (tools/_demo_common.finished_run)."""
     cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
     run_dir = Path(cfg.train.out_dir)
-    last = run_dir / "last.pt"
-    ckpt = load_checkpoint(last) if last.is_file() and not overwrite else None
-    if ckpt is not None and ckpt.get("config") != to_dict(cfg):
-        print(f"  {run_dir} holds a run with other settings: training afresh")
-        ckpt = None
-    if ckpt is not None and ckpt["epoch"] >= cfg.train.eval_epochs:
+    ckpt = finished_run(cfg, overwrite)
+    if ckpt is not None:
         best = float(ckpt["meta"]["best_metric"])
         print(f"  already trained: {run_dir} (best val mIoU {100 * best:.1f}); --overwrite retrains")
         return cfg, run_dir, best, False
-    if ckpt is None and run_dir.exists():
-        shutil.rmtree(run_dir)
     shutil.rmtree(run_dir / f"test_{cfg.data.datasets[0].val_split}", ignore_errors=True)  # stale predictions
     return cfg, run_dir, fit(cfg).best_metric, True  # fit resumes an interrupted run from last.pt
 
@@ -96,26 +92,18 @@ def run_test(cfg: Config, run_dir: Path, views: int | None) -> dict:
     """Precise test of run_dir/best.pt (EMA weights when present) on the first dataset's val split."""
     ds = cfg.data.datasets[0]
     ckpt_path = run_dir / "best.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)  # no teacher at test time
-    load_state_strict(model, ckpt["ema"] if "ema" in ckpt else ckpt["model"], ignore_unexpected=("distill_heads.",),
-                      source=ckpt_path)
-    pipeline = build_pipeline(ds.pipeline, "test", label=ds.segment_field, condition=ds.condition,
-                              grid_size=ds.grid_size)
-    pipeline.views = pipeline.views[:views] if views else pipeline.views
+    device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")
+    model, _ = build_test_segmentor(cfg, load_checkpoint(ckpt_path), device, source=ckpt_path)  # no teacher
+    fragments, num_views = test_views_for(ds, cfg.model, views)
     out = run_dir / f"test_{ds.val_split}"
-    done = out / "metrics.json"
-    if done.is_file() and json.loads(done.read_text()).get("views") != len(pipeline.views):
-        shutil.rmtree(out)  # cached predictions of another number of TTA views
-    result = precise_test(model, SceneDataset(ds.root, ds.val_split), lambda scene: test_views(scene, pipeline),
-                          ds.num_classes, device=device, condition=ds.condition,
-                          class_names=class_names(ds), out_dir=out, label_key=ds.segment_field,
-                          log=lambda line: print("  " + line))
-    path = save_json(out / "metrics.json", result.metrics, checkpoint=str(ckpt_path), views=len(pipeline.views),
+    # cached predictions are reused only when they were made with num_views views
+    result = precise_test(model, SceneDataset(ds.root, ds.val_split), fragments, ds.num_classes, device=device,
+                          condition=ds.condition, class_names=class_names(ds), out_dir=out, num_views=num_views,
+                          label_key=ds.segment_field, log=lambda line: print("  " + line))
+    path = save_json(out / "metrics.json", result.metrics, checkpoint=str(ckpt_path), views=num_views,
                      scenes=result.scenes)
     print(format_table(result.metrics, title=f"{ds.condition} {ds.val_split}: precise test of {ckpt_path} "
-                                             f"({len(pipeline.views)} TTA views)"))
+                                             f"({num_views} TTA views)"))
     print(f"  metrics: {path}")
     first = result.scenes[0]["name"]
     pictures = demo_pictures(run_dir, Path(ds.root) / ds.val_split / first, out / f"{first}_pred.npy", path,

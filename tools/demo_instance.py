@@ -9,24 +9,24 @@ instance per object of the synthetic rooms; wall and floor have none) on <proces
 <runs>/instance, then tests best.pt on the held-out val rooms at point level with the ScanNet instance
 evaluator (volt.engine.instance_test.run_instance_test) and returns {"run", "AP", "AP50", "AP25",
 "best_val_AP50", "metrics", "seconds"} (fractions). A finished run with the same settings is reused unless
-`overwrite`.
+`overwrite`; an interrupted one is resumed (tools/_demo_common.finished_run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: demo.py and the tests load this file by path
 
 import torch
+from _demo_common import finished_run  # tools/_demo_common.py
 
-from volt.config import load_config, to_dict
-from volt.engine.checkpoint import load_checkpoint
+from volt.config import load_config
 from volt.engine.instance_test import run_instance_test
 from volt.engine.trainer import fit
 
@@ -42,12 +42,8 @@ def instance_stage(processed: Path, runs: Path, semantic_ckpt: Path, quick: bool
     cfg = load_config(CONFIGS / "demo_instance.yaml", overrides)
     run_dir = Path(cfg.train.out_dir)
     last = run_dir / "last.pt"
-    ckpt = load_checkpoint(last) if last.is_file() and not overwrite else None
-    if ckpt is not None and (ckpt.get("config") != to_dict(cfg) or ckpt["epoch"] < cfg.train.eval_epochs):
-        ckpt = None  # other settings, or an unfinished run: train afresh
+    ckpt = finished_run(cfg, overwrite)  # None: train (afresh, or resuming an interrupted run)
     if ckpt is None:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         best_val = fit(cfg).best_metric
     else:
         best_val = float(ckpt["meta"]["best_metric"])

@@ -4,7 +4,8 @@ model trained on each dataset alone for the same number of steps.
     python tools/demo_joint.py --out outputs/demo          # what `make demo-joint` runs (~4 min on 2 CPU cores)
     python tools/demo_joint.py --out /tmp/demo --quick     # a few steps of every stage (smoke run)
 
-Stages (a finished run is reused on a rerun with the same settings; --overwrite redoes everything):
+Stages (a finished run is reused on a rerun with the same settings, an interrupted one is resumed;
+--overwrite redoes everything):
 1. data: tools/demo.py's `prepare_data` (synthetic ScanNet-format rooms and nuScenes-format sweeps, run through
    the real preprocessors) -> <out>/processed/{scannet,nuscenes}.
 2. joint: `fit(configs/demo_joint.yaml)`: both datasets, each with its own chain, grid (10 cm / 20 cm), label
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from _demo_common import finished_run  # tools/_demo_common.py
 from demo import prepare_data  # tools/demo.py
 
-from volt.config import Config, DistillCfg, load_config, to_dict
+from volt.config import Config, load_config
 from volt.data.dataset import SceneDataset
 from volt.data.samplers import joint_counts
-from volt.engine.build import build_segmentor, class_names, scene_dataset, test_views_for
-from volt.engine.checkpoint import load_checkpoint, load_state_strict
+from volt.engine.build import build_test_segmentor, class_names, scene_dataset, test_views_for
+from volt.engine.checkpoint import load_checkpoint
 from volt.engine.evaluate import precise_test
 from volt.engine.threads import cpu_threads
 from volt.engine.trainer import fit
@@ -56,13 +57,12 @@ def single_config(cfg: Config, k: int, out_dir: Path) -> Config:
 
 
 def train(cfg: Config, overwrite: bool) -> tuple[int, bool]:
-    """Train unless the same run already finished: (optimizer steps, whether it trained now)."""
-    run_dir, last = Path(cfg.train.out_dir), Path(cfg.train.out_dir) / "last.pt"
-    ckpt = load_checkpoint(last) if last.is_file() and not overwrite else None
-    if ckpt is not None and ckpt.get("config") == to_dict(cfg) and ckpt["epoch"] >= cfg.train.eval_epochs:
-        print(f"  already trained: {run_dir} ({ckpt['step']} steps); --overwrite retrains")
+    """Train unless the same run already finished (an interrupted one resumes): (optimizer steps, whether it
+    trained now)."""
+    ckpt = finished_run(cfg, overwrite)
+    if ckpt is not None:
+        print(f"  already trained: {cfg.train.out_dir} ({ckpt['step']} steps); --overwrite retrains")
         return int(ckpt["step"]), False
-    shutil.rmtree(run_dir, ignore_errors=True)
     return fit(cfg).steps, True
 
 
@@ -78,15 +78,12 @@ def final_validation(cfg: Config) -> dict[str, dict]:
 def test_run(cfg: Config, views: int) -> dict[str, dict]:
     """Precise test of run/last.pt (EMA weights) on every dataset of the run: {condition: scores}."""
     path = Path(cfg.train.out_dir) / "last.pt"
-    ckpt = load_checkpoint(path)
-    model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), "cpu")
-    load_state_strict(model, ckpt["ema"] if "ema" in ckpt else ckpt["model"], ignore_unexpected=("distill_heads.",),
-                      source=path)
+    model, _ = build_test_segmentor(cfg, load_checkpoint(path), "cpu", source=path)
     scores = {}
     for ds in cfg.data.datasets:
-        result = precise_test(model, SceneDataset(ds.root, ds.val_split), test_views_for(ds, cfg.model, views),
-                              ds.num_classes, condition=ds.condition, class_names=class_names(ds),
-                              label_key=ds.segment_field)
+        fragments, _ = test_views_for(ds, cfg.model, views)
+        result = precise_test(model, SceneDataset(ds.root, ds.val_split), fragments, ds.num_classes,
+                              condition=ds.condition, class_names=class_names(ds), label_key=ds.segment_field)
         m = result.metrics
         scores[ds.condition] = {"mIoU": m.miou, "mIoU_present": m.miou_present, "allAcc": m.allacc,
                                 "scenes": len(result.scenes)}

@@ -8,20 +8,20 @@ Example (from the repository root):
 The config defaults to the one stored in the checkpoint; trailing `key=value` overrides apply on top
 (e.g. data.datasets.0.root=/data/scannet). The EMA weights are used when the checkpoint has them (they are
 what validation chose best.pt by); --no-ema takes the raw weights. Writes to --out: `{scene}_pred.npy`
-per scene (reused on a rerun unless --no-cache), `metrics.json` (per-class rows + per-scene records) and,
-with --submission, `submit/` (ScanNet: `<scene>.txt` with raw class ids; nuScenes: lidarseg .bin files and
-submission.json). Prints the per-class table. A joint checkpoint has one head per dataset: --dataset picks one
-(condition name or index) or `all`, each tested with its own head, chain, grid and class names, into
-<out>/<condition>/, followed by a table with one row per dataset (also in <out>/datasets.json, or without
---out in <ckpt folder>/test_datasets_<split>.json). An instance checkpoint (config task: instance) is scored
-with the ScanNet instance AP (AP, AP50, AP25, per class) into <out>/metrics.json (+ submit/ with --submission).
+per scene (reused on a rerun with as many --views unless --no-cache; `{scene}_pred.json` records the number),
+`metrics.json` (per-class rows + per-scene records) and, with --submission, `submit/` (ScanNet: `<scene>.txt`
+with raw class ids; nuScenes: lidarseg .bin files and submission.json). Prints the per-class table.
+A joint checkpoint has one head per dataset: --dataset picks one (condition name or index) or `all`, each
+tested with its own head, chain, grid and class names, into <out>/<condition>/, followed by a table with one
+row per dataset (also in <out>/datasets.json, or without --out in <ckpt folder>/test_datasets_<split>.json).
+An instance checkpoint (config task: instance) is scored with the ScanNet instance AP (AP, AP50, AP25, per
+class) into <out>/metrics.json (+ submit/ with --submission).
 Exit code 0 on success, 2 on unusable inputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,19 +33,16 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import torch
 
-from volt.config import Config, DatasetCfg, DistillCfg, apply_overrides, check_config, config_from_dict, load_config
+from volt.config import Config, DatasetCfg, apply_overrides, check_config, config_from_dict, load_config
 from volt.data.dataset import SceneDataset
-from volt.data.nuscenes import CLASS_NAMES_16
-from volt.data.scannet_classes import CLASS_NAMES_20, CLASS_NAMES_200
 from volt.engine import report, submission
-from volt.engine.build import build_segmentor, class_names, test_views_for
-from volt.engine.checkpoint import load_checkpoint, load_state_strict
+from volt.engine.build import build_test_segmentor, class_names, known_class_names, pick_dataset, test_views_for
+from volt.engine.checkpoint import load_checkpoint
+from volt.engine.dist import pick_device
 from volt.engine.evaluate import precise_test
 from volt.errors import DataError
 
 AMP = {"off": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
-KNOWN_NAMES = {("scannet", 20): CLASS_NAMES_20, ("scannet200", 200): CLASS_NAMES_200,
-               ("scannet", 200): CLASS_NAMES_200, ("nuscenes", 16): CLASS_NAMES_16}
 
 
 def _config(args: argparse.Namespace, ckpt: dict) -> Config:
@@ -67,15 +64,12 @@ def _submission_writer(pipeline: str, num_classes: int, split: str, root: Path):
 
 
 def _datasets(cfg: Config, choice: str) -> list[DatasetCfg]:
-    datasets = cfg.data.datasets
-    by_name = {d.condition: d for d in datasets}
     if choice == "all":
-        return list(datasets)
-    if choice in by_name:
-        return [by_name[choice]]
-    if choice.isdigit() and int(choice) < len(datasets):
-        return [datasets[int(choice)]]
-    raise DataError(None, f"--dataset {choice!r} is neither 'all', an index nor one of {list(by_name)}")
+        return list(cfg.data.datasets)
+    try:
+        return [pick_dataset(cfg.data.datasets, choice)]
+    except DataError as exc:
+        raise DataError(None, f"--dataset: {exc.problem}, nor 'all'") from exc
 
 
 def _test_dataset(args: argparse.Namespace, cfg: Config, ds: DatasetCfg, model, out: Path, split: str,
@@ -84,16 +78,17 @@ def _test_dataset(args: argparse.Namespace, cfg: Config, ds: DatasetCfg, model, 
     scenes = SceneDataset(ds.root, split)
     on_scene = _submission_writer(ds.pipeline, ds.num_classes, split, out / "submit") if args.submission else None
     # Names from the processed data's meta.json, else the benchmark's own table.
-    names = class_names(ds) or KNOWN_NAMES.get((ds.pipeline, ds.num_classes))
+    names = class_names(ds) or known_class_names(ds.pipeline, ds.num_classes)
     print(f"testing {args.ckpt} ({'EMA' if use_ema else 'raw'} weights) on {ds.condition} {split}: "
           f"{len(scenes)} scenes, device {device}, amp {amp}, output {out}")
+    views, num_views = test_views_for(ds, cfg.model, args.views)
     result = precise_test(
-        model, scenes, test_views_for(ds, cfg.model, args.views), ds.num_classes, device=device, amp_dtype=AMP[amp],
-        condition=ds.condition, class_names=names, out_dir=out, reuse_cached=not args.no_cache,
+        model, scenes, views, ds.num_classes, device=device, amp_dtype=AMP[amp], condition=ds.condition,
+        class_names=names, out_dir=out, reuse_cached=not args.no_cache, num_views=num_views,
         fragment_batch=args.fragment_batch, label_key=ds.segment_field, on_scene=on_scene, log=print,
     )
     settings = {"checkpoint": str(args.ckpt), "weights": "ema" if use_ema else "model", "dataset": ds.condition,
-                "split": split, "amp": amp, "device": str(device), "views": args.views or "all"}
+                "split": split, "amp": amp, "device": str(device), "views": num_views}
     path = report.save_json(out / "metrics.json", result.metrics, **settings, scenes=result.scenes)
     if result.metrics is not None:
         print(report.format_table(result.metrics, title=f"{ds.condition} {split} (precise test)"))
@@ -149,16 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"wrote {result['metrics']}")
             return 0
         chosen = _datasets(cfg, args.dataset)
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise DataError(None, "--device cuda was asked for but torch sees no CUDA device")
-        device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+        device = pick_device(args.device)
         amp = args.amp if args.amp != "auto" else (cfg.train.amp_dtype if cfg.train.amp and device.type == "cuda"
                                                     else "off")
         # No teacher at test time; a distilled checkpoint's distill heads are simply not used.
-        model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)
-        use_ema = "ema" in ckpt and not args.no_ema
-        load_state_strict(model, ckpt["ema"] if use_ema else ckpt["model"], ignore_unexpected=("distill_heads.",),
-                          source=args.ckpt)
+        model, weights = build_test_segmentor(cfg, ckpt, device, use_ema=not args.no_ema, source=args.ckpt)
+        use_ema = weights == "ema"
         rows: dict[str, dict | None] = {}
         for ds in chosen:
             split = args.split or ds.val_split

@@ -9,27 +9,33 @@
   `seg_heads.<condition>` (a joint teacher: one SpUNet, one head per dataset); the weights load strictly.
   `distill.checkpoints` ({condition: checkpoint}) gives per-dataset teachers instead (`TeacherSet`).
 - `build_segmentor(cfg, device)`: Segmentor with one head per dataset condition, the configured losses and
-  the teacher; on `device`.
+  the teacher; on `device`. `build_test_segmentor(cfg, ckpt, device, use_ema=True, source=None)`: the same
+  without a teacher, a checkpoint's (EMA) weights loaded strictly, in eval mode -> (model, "ema" | "model").
+- `pick_dataset(datasets, which)`: a configured dataset by condition or index; `class_names(ds)` from the
+  processed data's meta.json, `known_class_names(pipeline, num_classes)` from the benchmark's tables.
 - `build_loaders(cfg, info)`: (train loader, validation loader(s)) of this rank (volt.data.loader + pipelines).
   One trainer epoch repeats the data epochs // eval_epochs times (the reference's `loop`). Every dataset has
   its own pipeline, grid size, label field and head (`JointSample`); dataset k contributes
   round(main · ratio_k / ratio_0) samples per epoch with main = (data.epoch_samples or len(first)) · loop,
   in the order of `data.sampling` (volt.data.samplers: ratio = mixed batches, round_robin = single-dataset
   batches). The global batch is split evenly over the ranks. Validation: one dataset -> one loader (as
-  before); several -> `ValLoaders` {condition: loader} over `eval.datasets` (default all with a val split).
-- `test_views_for(ds, model_cfg, views)`: the precise-test fragments of a dataset, features placed as in training.
+  before); several -> a dict {condition: loader} over `eval.datasets` (default all with a val split).
+- `test_views_for(ds, model_cfg, views)`: (the precise-test fragments of a dataset, features placed as in
+  training; the number of TTA views they use).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from volt.config import Config, DatasetCfg, ModelCfg, config_from_dict, load_config
+from volt.config import Config, DatasetCfg, DistillCfg, ModelCfg, config_from_dict, load_config
 from volt.data.batch_grid import BatchGridCollate, TaggedHead, split_at_grid_sample
 from volt.data.dataset import SceneDataset
 from volt.data.loader import build_loader
@@ -43,7 +49,7 @@ from volt.data.samplers import (
     RoundRobinBatchSampler,
     joint_counts,
 )
-from volt.engine.checkpoint import load_checkpoint, load_teacher
+from volt.engine.checkpoint import load_checkpoint, load_state_strict, load_teacher
 from volt.errors import DataError
 from volt.models import ConditionHeads, Criteria, FrozenTeacher, Segmentor, SparseUNet, build_volt
 
@@ -86,8 +92,8 @@ def _head_classes(state: dict[str, torch.Tensor], prefix: str) -> dict[str, int]
             for k, v in state.items() if k.startswith(prefix) and k.endswith(".weight")}
 
 
-def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> tuple[FrozenTeacher, dict[str, int]]:
-    """One frozen teacher from `path` covering the `student` conditions; (teacher, its classes per condition)."""
+def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> FrozenTeacher:
+    """One frozen teacher from `path` covering the `student` conditions ({condition: classes}, checked)."""
     ckpt = load_checkpoint(path)
     model_cfg = _teacher_config(cfg, ckpt.get("config") or {})
     state = ckpt["model"]
@@ -96,7 +102,7 @@ def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> tuple[Froz
         wrong = {c: n for c, n in student.items() if n != classes}
         if wrong:
             raise DataError(path, f"the teacher predicts {classes} classes but the student's conditions have {wrong}")
-        return load_teacher(path, build_backbone(model_cfg, classes)), {c: classes for c in student}
+        return load_teacher(path, build_backbone(model_cfg, classes))
     heads = _head_classes(state, "seg_heads.")
     if not heads:
         raise DataError(path, "the teacher checkpoint has neither 'backbone.final.*' nor 'seg_heads.*' keys")
@@ -105,7 +111,7 @@ def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> tuple[Froz
     if missing:
         raise DataError(path, f"the teacher's heads {heads} do not cover the student's conditions {missing} "
                               "(same name and class count needed)")
-    return load_teacher(path, backbone, ConditionHeads(backbone.out_channels, heads)), dict(student)
+    return load_teacher(path, backbone, ConditionHeads(backbone.out_channels, heads))
 
 
 class TeacherBatch(NamedTuple):
@@ -166,11 +172,12 @@ def build_teacher(cfg: Config) -> FrozenTeacher | None:
     """The frozen teacher(s) of `cfg.distill`, on the CPU (the segmentor moves them with itself); None if unset."""
     student = conditions(cfg)
     if cfg.distill.checkpoints:
-        loaded = {c: _load_teacher(cfg, cfg.distill.checkpoints[c], {c: n}) for c, n in student.items()}
-        return TeacherSet({c: t for c, (t, _) in loaded.items()}, {c: k[c] for c, (_, k) in loaded.items()})
+        # _load_teacher checked that teacher c predicts the student's class count of condition c
+        return TeacherSet({c: _load_teacher(cfg, cfg.distill.checkpoints[c], {c: n}) for c, n in student.items()},
+                          student)
     if not cfg.distill.checkpoint:
         return None
-    return _load_teacher(cfg, cfg.distill.checkpoint, student)[0]
+    return _load_teacher(cfg, cfg.distill.checkpoint, student)
 
 
 def build_segmentor(cfg: Config, device: torch.device | str = "cpu") -> Segmentor:
@@ -179,6 +186,39 @@ def build_segmentor(cfg: Config, device: torch.device | str = "cpu") -> Segmento
     model = Segmentor(build_backbone(m), conditions(cfg), criteria=criteria, teacher=build_teacher(cfg),
                       distill_weight=cfg.distill.weight)
     return model.to(device)
+
+
+def build_test_segmentor(cfg: Config, ckpt: Mapping[str, Any], device: torch.device | str = "cpu",
+                         use_ema: bool = True, source: str | os.PathLike | None = None) -> tuple[Segmentor, str]:
+    """(segmentor of `cfg` in eval mode on `device`, "ema" or "model"): no teacher, the checkpoint's EMA weights
+    when present and `use_ema`, else its raw weights, loaded strictly; a distilled checkpoint's distill heads
+    are dropped (never used at inference). `source` names the checkpoint in errors."""
+    model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)
+    weights = "ema" if use_ema and "ema" in ckpt else "model"
+    load_state_strict(model, ckpt[weights], ignore_unexpected=("distill_heads.",), source=source)
+    return model.eval(), weights
+
+
+def pick_dataset(datasets: Sequence[DatasetCfg], which: str | int, source: str | os.PathLike | None = None
+                 ) -> DatasetCfg:
+    """The configured dataset (a joint run has several) named by its condition or its index."""
+    by_name = {d.condition: d for d in datasets}
+    if isinstance(which, str) and which in by_name:
+        return by_name[which]
+    if str(which).isdigit() and int(which) < len(datasets):
+        return datasets[int(which)]
+    raise DataError(source, f"dataset {which!r} is neither an index below {len(datasets)} nor one of {list(by_name)}")
+
+
+def known_class_names(pipeline: str, num_classes: int) -> list[str] | None:
+    """The benchmark's class names of a pipeline's label space (ScanNet 20 or 200, nuScenes 16); None if unknown."""
+    from volt.data.nuscenes import CLASS_NAMES_16
+    from volt.data.scannet_classes import CLASS_NAMES_20, CLASS_NAMES_200
+
+    for names in (CLASS_NAMES_20, CLASS_NAMES_200) if pipeline.startswith("scannet") else (CLASS_NAMES_16,):
+        if len(names) == num_classes:
+            return list(names)
+    return None
 
 
 def class_names(ds: DatasetCfg) -> list[str] | None:
@@ -210,40 +250,31 @@ def joint_sample(ds: DatasetCfg, model_cfg: ModelCfg, split: str) -> JointSample
     return JointSample(pipeline, ds.grid_size, ds.feat_start, model_cfg.in_channels)
 
 
-def test_views_for(ds: DatasetCfg, model_cfg: ModelCfg,
-                   views: int | None = None) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
-    """scene -> precise-test fragments (the first `views` TTA views, all when None), placed as in training."""
+def test_views_for(ds: DatasetCfg, model_cfg: ModelCfg, views: int | None = None
+                   ) -> tuple[Callable[[dict[str, Any]], Iterator[dict[str, Any]]], int]:
+    """(scene -> precise-test fragments placed as in training, number of TTA views used): the first `views`
+    views of the dataset's test pipeline (all when None or 0; the untransformed view is always first)."""
     pipeline = build_pipeline(ds.pipeline, "test", label=ds.segment_field, condition=ds.condition,
                               grid_size=ds.grid_size)
     pipeline.views = pipeline.views[:views] if views else pipeline.views
     tag = JointSample(pipeline, ds.grid_size, ds.feat_start, model_cfg.in_channels)
-    return lambda scene: (tag.tag(fragment) for fragment in test_views(scene, pipeline))
+    return (lambda scene: (tag.tag(fragment) for fragment in test_views(scene, pipeline))), len(pipeline.views)
 
 
 class EpochLoader:
     """A volt.data.loader DataLoader with the trainer's protocol: len(), iter(), set_epoch(epoch)."""
 
-    def __init__(self, loader: Any, joint: JointDataset | None = None):
-        self.loader, self.joint = loader, joint
+    def __init__(self, loader: Any):
+        self.loader = loader
 
     def set_epoch(self, epoch: int) -> None:
-        set_loader_epoch(self.loader, epoch)
-        if self.joint is not None:
-            self.joint.epoch = epoch  # reaches the workers: the dataset is copied to them at iter()
+        set_loader_epoch(self.loader, epoch)  # sampler, batch sampler and the joint dataset
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         return iter(self.loader)
-
-
-class ValLoaders(dict):
-    """{condition: EpochLoader} of a joint run: each dataset is validated with its own head and metrics."""
-
-    def set_epoch(self, epoch: int) -> None:
-        for loader in self.values():
-            loader.set_epoch(epoch)
 
 
 def duplicates_rule(cfg: Config) -> str:
@@ -254,7 +285,7 @@ def duplicates_rule(cfg: Config) -> str:
 
 
 def build_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
-    """(train loader, val loader or ValLoaders or None) of rank `info.rank` of `info.world_size`."""
+    """(train loader, val loader, {condition: val loader} or None) of rank `info.rank` of `info.world_size`."""
     d, t = cfg.data, cfg.train
     if d.batch_size % info.world_size:
         raise DataError(None, f"config key 'data.batch_size': {d.batch_size} does not split evenly over "
@@ -271,13 +302,13 @@ def build_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
     collate = None
     if d.grid_sampling == "batch":  # workers stop before GridSample; one voxelize call per batch
         parts = [split_at_grid_sample(js.pipeline) for js in samples]
-        collate = BatchGridCollate([ds.grid_size for ds in d.datasets], [tail for _, _, tail in parts],
+        collate = BatchGridCollate([grid.grid_size for _, grid, _ in parts], [tail for _, _, tail in parts],
                                    [js.tag for js in samples], d.mix_prob, duplicates_rule(cfg))
         samples = [TaggedHead(head, k) for k, (head, _, _) in enumerate(parts)]
     train = EpochLoader(build_loader(joint, Dispatch(samples), batch_sampler=batches, mix_prob=d.mix_prob,
-                                     duplicates=duplicates_rule(cfg), collate=collate, **shard), joint)
+                                     duplicates=duplicates_rule(cfg), collate=collate, **shard))
     wanted = cfg.eval.datasets or [ds.condition for ds in d.datasets]
-    val = ValLoaders()
+    val: dict[str, EpochLoader] = {}  # the trainer validates each with its own head and metrics
     for ds in d.datasets:
         if cfg.eval.enabled and ds.condition in wanted and (Path(ds.root) / ds.val_split).is_dir():
             loader = build_loader(scene_dataset(ds, ds.val_split), joint_sample(ds, cfg.model, "val"),

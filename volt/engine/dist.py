@@ -1,6 +1,7 @@
 """Distributed training plumbing: torchrun environment detection, process group, small collectives.
 
-`init_distributed(device="auto") -> DistInfo(rank, local_rank, world_size, device)`. Under torchrun
+`init_distributed(device="auto") -> DistInfo(rank, local_rank, world_size, device)`; the device comes from
+`pick_device(device, local_rank)`, which the test and inference tools use too. Under torchrun
 (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR set) it initialises the default process group with NCCL on
 CUDA and gloo on the CPU, and binds the process to cuda:LOCAL_RANK. Outside torchrun it returns rank 0 of 1
 and creates no group, so the same training code runs unchanged in one process.
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from volt.errors import DataError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,14 +39,22 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' (CUDA when torch sees it, else the CPU), 'cpu', 'cuda' (GPU local_rank modulo the GPU count) or
+    'cuda:N'. A DataError for an unknown name or for CUDA asked for where torch sees none."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DataError(None, f"unknown device {device!r} (auto, cpu, cuda or cuda:N)") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise DataError(None, f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(None, f"device {device!r} was asked for but torch sees no CUDA device")
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return dev
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
@@ -51,7 +62,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -14,15 +14,17 @@ buffer at `index`, and the label is the argmax. Fragments may carry `num_points`
 `origin_inverse` (raw point -> buffer row; nuScenes' 2.5 cm pre-sampling): labels are then expanded with
 `pred[origin_inverse]`, and `origin_segment` (raw labels, used when the scene dict has no `label_key`).
 Every buffer row must be covered by some fragment.
-Predictions are cached as `{out_dir}/{name}_pred.npy` (int16 training indices per raw point) and reused.
+Predictions are cached as `{out_dir}/{name}_pred.npy` (int16 training indices per raw point) beside
+`{name}_pred.json` recording `num_views` (the number of TTA views `views` yields); a cached prediction is
+reused only when that record equals this call's `num_views`, so a test with other views recomputes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from volt.data.io import atomic_write
 from volt.engine.metrics import ConfusionMatrix, SegMetrics
 from volt.errors import DataError
 
@@ -175,16 +178,23 @@ def accumulate_views(
     return buffer, count
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
+def _cache_matches(cache: Path, num_views: int | None) -> bool:
+    """A cached prediction exists and was made with `num_views` views (a missing record reads as None)."""
+    if not cache.is_file():
+        return False
+    record = cache.with_suffix(".json")
     try:
-        np.save(tmp, array)
-        os.replace(tmp, path)  # a crash never leaves a half-written cache that would later be reused
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        made_with = json.loads(record.read_text()).get("views") if record.is_file() else None
+    except (ValueError, AttributeError):  # unreadable record: recompute
+        return False
+    return made_with == num_views
+
+
+def _save_cache(cache: Path, pred: np.ndarray, num_views: int | None) -> None:
+    record = cache.with_suffix(".json")
+    record.unlink(missing_ok=True)  # first: a crash between the two writes leaves a miss, never a wrong hit
+    atomic_write(cache, lambda tmp: np.save(tmp, pred))  # a crash never leaves a half-written cache to reuse
+    atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"views": num_views}) + "\n"))
 
 
 def scene_probabilities(model, fragments: Iterator[Fragment], num_raw: int, name: str,
@@ -237,6 +247,7 @@ def precise_test(
     class_names: Sequence[str] | None = None,
     out_dir: str | os.PathLike | None = None,
     reuse_cached: bool = True,
+    num_views: int | None = None,
     fragment_batch: int = 1,
     label_key: str = "segment",
     on_scene: Callable[[str, np.ndarray], None] | None = None,
@@ -245,6 +256,7 @@ def precise_test(
     """Fragments x TTA views per scene -> summed softmax -> argmax per raw point; metrics over the split.
 
     `on_scene(name, pred)` receives each scene's per-raw-point labels (e.g. to write submission files).
+    `num_views`: the number of TTA views `views` yields, recorded with the cache and checked on reuse.
     """
     cm = ConfusionMatrix(num_classes, class_names)
     out = Path(out_dir) if out_dir is not None else None
@@ -261,7 +273,7 @@ def precise_test(
             target = np.asarray(scene[label_key]).copy() if label_key in scene else None  # before views touch it
             cache = out / f"{name}_pred.npy" if out is not None else None
             start, cached, count = time.perf_counter(), False, 0
-            if reuse_cached and cache is not None and cache.is_file():
+            if reuse_cached and cache is not None and _cache_matches(cache, num_views):
                 pred = np.load(cache).astype(np.int64)
                 if pred.shape != (num_raw,):
                     raise DataError(cache, f"cached prediction has shape {pred.shape}, the scene {num_raw} points; "
@@ -272,7 +284,7 @@ def precise_test(
                 if target is None and origin_segment is not None:
                     target = np.asarray(origin_segment)
                 if cache is not None:
-                    _save_npy(cache, pred.astype(np.int16 if num_classes <= 32767 else np.int32))
+                    _save_cache(cache, pred.astype(np.int16 if num_classes <= 32767 else np.int32), num_views)
             record: dict[str, Any] = {"name": name, "points": num_raw, "fragments": count, "cached": cached,
                                       "seconds": round(time.perf_counter() - start, 3)}
             if target is not None:

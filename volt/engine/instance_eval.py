@@ -29,24 +29,16 @@ from typing import Any
 import numpy as np
 
 from volt.data.scannet_classes import CLASS_NAMES_20
-from volt.engine.instance_submission import read_instance_submission, write_instance_submission
+from volt.engine.instance_submission import _array
+from volt.engine.report import _pct
 from volt.errors import DataError
 
-__all__ = [
-    "SCANNET20_NAMES", "InstanceEvaluator", "evaluate_scenes", "format_ap_table",
-    "read_instance_submission", "write_instance_submission",
-]
+__all__ = ["SCANNET20_NAMES", "InstanceEvaluator", "evaluate_scenes", "format_ap_table"]
 
 SCANNET20_NAMES: tuple[str, ...] = CLASS_NAMES_20
 AP_OVERLAPS = np.arange(0.5, 0.95, 0.05)  # 0.50 ... 0.90, exactly the benchmark's floats
 AP25 = 0.25
 _CHUNK = 1 << 24  # mask elements scanned per bincount block (bounds the nonzero() index memory)
-
-
-def _array(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _ints(x: Any, what: str, name: str | None) -> np.ndarray:
@@ -253,10 +245,6 @@ def evaluate_scenes(scenes: Iterable[dict[str, Any]], **evaluator_kwargs: Any) -
         ev.add(s["segment"], s["instance"], s["pred_masks"], s["pred_classes"], s["pred_scores"],
                name=s.get("name", f"scene {i}"))
     return ev.compute()
-
-
-def _pct(x: float) -> str:
-    return "   n/a" if math.isnan(x) else f"{100.0 * x:6.2f}"
 
 
 def format_ap_table(result: dict[str, Any], title: str | None = None) -> str:

@@ -7,18 +7,19 @@
   original points, "classes" (K,) int64 semantic ids, "scores" (K,) float32}` (numpy) for one SceneDataset
   item; `pipeline` is the instance val chain (volt.data.pipelines_instance.scannet_instance_val). Label fields
   the scene lacks (a test split) are filled with -1.
-- `evaluate_loader(model, loader, class_names, ...)`: predictions of every validation batch scored by the
-  ScanNet instance evaluator (volt.engine.instance_eval.InstanceEvaluator) -> its result dict.
+- `instance_evaluator(cfg, names=None)`: the ScanNet instance evaluator (volt.engine.instance_eval) for the
+  config's dataset: its class names, with void and `instance.stuff_classes` ignored.
+- `evaluate_loader(model, loader, evaluator, ...)`: predictions of every validation batch scored by that
+  evaluator -> its result dict.
 - `run_instance_test(cfg, ckpt_path, out_dir, split=None, device="auto", submission=False, use_ema=True)`:
   the whole test of a checkpoint on a split -> dict with AP / AP50 / AP25 (NaN without ground truth), the
-  evaluator's result, and the paths written: out_dir/metrics.json, and with `submission` the ScanNet benchmark
-  files under out_dir/submit (volt.engine.instance_eval.write_instance_submission).
+  evaluator's result, and the paths written: out_dir/metrics.json (atomically), and with `submission` the
+  ScanNet benchmark files under out_dir/submit (volt.engine.instance_submission.write_instance_submission).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -30,11 +31,11 @@ import torch
 from torch import nn
 
 from volt.data.pipelines_instance import collate_instances
+from volt.engine.build import class_names, known_class_names
 from volt.engine.ema import unwrap
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+from volt.engine.instance_eval import InstanceEvaluator
+from volt.engine.report import save_json
+from volt.engine.trainer import to_device
 
 
 def point_instances(preds: Sequence[dict[str, torch.Tensor]], inverse: torch.Tensor, offset: torch.Tensor,
@@ -56,7 +57,7 @@ def predict_batch(model: nn.Module, batch: dict[str, Any], amp_dtype: torch.dtyp
                   ) -> list[dict[str, np.ndarray]]:
     """Point-level instances of every scene of one collated validation batch (needs `inverse`)."""
     device = next(model.parameters()).device
-    batch = _to_device(batch, device)
+    batch = to_device(batch, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         preds = model.predict(batch, min_size=0)  # the size filter counts points, below
     return point_instances(preds, batch["inverse"], batch["offset"], model.npoint_thresh)
@@ -94,14 +95,24 @@ def predict_instances(model: nn.Module, scene_dict: dict[str, Any], pipeline: An
     return {"masks": masks, "classes": pred["classes"].astype(np.int64), "scores": pred["scores"].astype(np.float32)}
 
 
-def evaluate_loader(model: nn.Module, loader: Iterable[dict[str, Any]], class_names: Sequence[str] | None = None,
+def instance_evaluator(cfg: Any, names: Sequence[str] | None = None) -> InstanceEvaluator:
+    """A fresh ScanNet instance evaluator for the config's dataset: its class names (`names`, else the processed
+    data's meta.json, else the benchmark's table, else class_<i>) with void (-1) and `instance.stuff_classes`
+    (no instances: wall, floor) ignored."""
+    ds = cfg.data.datasets[0]
+    names = (names or class_names(ds) or known_class_names(ds.pipeline, ds.num_classes)
+             or [f"class_{i}" for i in range(ds.num_classes)])
+    return InstanceEvaluator(names, ignore_classes=(-1, *cfg.instance.stuff_classes))
+
+
+def evaluate_loader(model: nn.Module, loader: Iterable[dict[str, Any]], evaluator: InstanceEvaluator | None = None,
                     *, amp_dtype: torch.dtype | None = None, max_batches: int | None = None,
                     on_scene: Any = None) -> dict:
-    """Score the model's point-level instances over a validation loader; `on_scene(name, pred)` sees each."""
-    from volt.engine.instance_eval import InstanceEvaluator
-
+    """Score the model's point-level instances over a validation loader with `evaluator` (a fresh one, e.g.
+    `instance_evaluator(cfg)`; default: ScanNet-20 names, wall and floor ignored); `on_scene(name, pred)` sees
+    each scene."""
     model = unwrap(model)
-    evaluator = InstanceEvaluator(class_names) if class_names is not None else InstanceEvaluator()
+    evaluator = evaluator if evaluator is not None else InstanceEvaluator()
     was_training = model.training
     model.eval()
     try:
@@ -142,7 +153,8 @@ def run_instance_test(cfg: Any, ckpt_path: str | os.PathLike, out_dir: str | os.
     from volt.data.dataset import SceneDataset
     from volt.data.pipelines_instance import build_instance_loader, scannet_instance_val
     from volt.engine.checkpoint import load_checkpoint, load_state_strict
-    from volt.engine.instance_eval import format_ap_table, write_instance_submission
+    from volt.engine.instance_eval import format_ap_table
+    from volt.engine.instance_submission import write_instance_submission
     from volt.engine.instance_train import build_instance_segmentor, scene_fields
     from volt.engine.submission import scannet_class_ids
 
@@ -163,12 +175,11 @@ def run_instance_test(cfg: Any, ckpt_path: str | os.PathLike, out_dir: str | os.
                                                         p["scores"], ids)) if submission else None
     log(f"instance test of {ckpt_path} ({weights} weights) on {ds.condition} {split}: {len(scenes)} scenes, "
         f"device {dev}")
-    result = evaluate_loader(model, loader, class_names=None, on_scene=writer)
+    result = evaluate_loader(model, loader, instance_evaluator(cfg), on_scene=writer)
     summary = ap_summary(result)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
-    path.write_text(json.dumps(_json_safe({**summary, "checkpoint": str(ckpt_path), "weights": weights,
-                                           "split": split, "result": result}), indent=1) + "\n")
+    path = save_json(out_dir / "metrics.json", None, **_json_safe({**summary, "checkpoint": str(ckpt_path),
+                                                                    "weights": weights, "split": split,
+                                                                    "result": result}))
     log(format_ap_table(result, title=f"{ds.condition} {split} instance segmentation"))
     return {**summary, "result": result, "metrics": str(path),
             "submission": str(out_dir / "submit") if submission else None}

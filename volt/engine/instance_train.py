@@ -9,8 +9,9 @@ InstanceSegmentor, the instance data chains and AP validation. `fit(cfg)` picks 
 - `build_instance_loaders(cfg, info)`: train (instance train chain, mixing data.mix_prob, ids unique per
   batch) and val (instance val chain with inverse, batch data.val_batch_size, unsharded; only the main rank iterates it).
 - `InstanceTrainer(Trainer)`: those hooks; training accuracy = class accuracy of the matched queries of the
-  final layer; `evaluate()` scores point-level masks with the ScanNet instance evaluator on the main rank and
-  returns {"metric": AP50 (best.pt is chosen by AP50, as the reference's evaluator), "AP", "AP50", "AP25"};
+  final layer; `evaluate()` scores point-level masks with the ScanNet instance evaluator (the dataset's class
+  names, instance.stuff_classes ignored) on the main rank and returns {"metric": AP50 (best.pt is chosen by
+  AP50, as the reference's evaluator), "AP", "AP50", "AP25"};
   the learning rate follows `instance.schedule` (poly with power 0.9 by default, the reference's PolyLR).
   With `instance.precise_bn_batches` > 0 the validated model's BatchNorm statistics are first recomputed
   over that many training batches (`recompute_batchnorm`; off by default, as in the reference): a short
@@ -34,7 +35,7 @@ from volt.engine import dist
 from volt.engine.build import EpochLoader, build_backbone
 from volt.engine.checkpoint import load_checkpoint, load_state_strict
 from volt.engine.ema import unwrap
-from volt.engine.instance_test import ap_summary, evaluate_loader
+from volt.engine.instance_test import ap_summary, evaluate_loader, instance_evaluator
 from volt.engine.trainer import Trainer, epoch_batches, to_device
 from volt.errors import DataError
 from volt.models.instance_segmentor import InstanceSegmentor
@@ -185,7 +186,10 @@ class InstanceTrainer(Trainer):
                 batches = itertools.islice(epoch_batches(self.train_loader, self.pos.epoch, 0), n)
                 recompute_batchnorm(model, batches, self.device)
             amp = self.amp_dtype if self.device.type == "cuda" else None
-            result = evaluate_loader(model, self.val_loader, amp_dtype=amp, max_batches=self.cfg.eval.max_scenes)
+            # the dataset's class names (read once by Trainer.__init__) and its stuff classes ignored
+            evaluator = instance_evaluator(self.cfg, self.class_names.get(self.cfg.data.datasets[0].condition))
+            result = evaluate_loader(model, self.val_loader, evaluator, amp_dtype=amp,
+                                     max_batches=self.cfg.eval.max_scenes)
             summary = ap_summary(result)
             metric = summary["AP50"] if summary["AP50"] == summary["AP50"] else -1.0  # NaN (no GT) never wins
             record = {"metric": metric, **summary}

@@ -166,7 +166,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validate the EMA model; a log record whose "metric" (higher is better) picks best.pt.
 
-        A joint run's val loaders (volt.engine.build.ValLoaders, {condition: loader}) are validated one dataset
+        A joint run's val loaders (a dict {condition: loader}) are validated one dataset
         at a time, each with its own head and classes: keys "<condition>/mIoU", ... and "metric" = "mIoU_mean",
         the mean of the datasets' mIoU."""
         model = self.ema.module if self.ema is not None else unwrap(self.model)

@@ -22,7 +22,6 @@ covered by several tiles are summed, exactly like views. `save(prediction, out_d
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -34,16 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from volt.config import DistillCfg, config_from_dict
-from volt.data.pipelines import TestPipeline, build_pipeline, test_views
+from volt.config import config_from_dict
 from volt.data.readers import read_cloud
-from volt.data.samplers import place_features
 from volt.data.scene import Scene
-from volt.data.transforms import Compose
-from volt.engine.build import build_segmentor
-from volt.engine.checkpoint import load_checkpoint, load_state_strict
+from volt.engine.build import build_test_segmentor, known_class_names, pick_dataset, test_views_for
+from volt.engine.checkpoint import load_checkpoint
+from volt.engine.dist import pick_device
 from volt.engine.evaluate import scene_probabilities
-from volt.errors import DataError
 from volt.inference.inputs import check_channels, model_inputs
 
 AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -63,38 +59,6 @@ class Prediction:
     @property
     def num_points(self) -> int:
         return int(self.labels.shape[0])
-
-
-def known_class_names(pipeline: str, num_classes: int) -> list[str]:
-    """The benchmark's class names for a pipeline's label space, else class0..class{C-1}."""
-    from volt.data.nuscenes import CLASS_NAMES_16
-    from volt.data.scannet_classes import CLASS_NAMES_20, CLASS_NAMES_200
-
-    for names in (CLASS_NAMES_20, CLASS_NAMES_200) if pipeline.startswith("scannet") else (CLASS_NAMES_16,):
-        if len(names) == num_classes:
-            return list(names)
-    return [f"class{i}" for i in range(num_classes)]
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise DataError(None, f"unknown device {device!r} (auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(None, f"device {device!r} was asked for but torch sees no CUDA device")
-    return dev
-
-
-def _identity_first(views: list[Compose]) -> list[Compose]:
-    """The pipeline's TTA views with the untransformed one first (prepended when the list has none)."""
-    probe = {"coord": np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)}
-    for i, view in enumerate(views):
-        if np.allclose(view(probe, np.random.default_rng(0))["coord"], probe["coord"], atol=1e-6):
-            return [view, *views[:i], *views[i + 1:]]
-    return [Compose([]), *views]
 
 
 def split_tiles(coord: np.ndarray, max_points: int, overlap: float) -> list[np.ndarray]:
@@ -149,15 +113,14 @@ class Predictor:
         ckpt = load_checkpoint(self.checkpoint)
         cfg = config_from_dict(ckpt.get("config") or {}, self.checkpoint)
         self.task = cfg.task
-        self.dataset = self._dataset(cfg.data.datasets, dataset)
-        ds = self.dataset
-        self.in_channels, self.feat_start = cfg.model.in_channels, ds.feat_start
-        check_channels(ds.pipeline, self.in_channels, self.feat_start, self.checkpoint)
-        self.device = _pick_device(device)
+        self.dataset = ds = pick_dataset(cfg.data.datasets, dataset, self.checkpoint)
+        check_channels(ds.pipeline, cfg.model.in_channels, ds.feat_start, self.checkpoint)
+        self.device = pick_device(device)
         self.amp_dtype = (AMP[cfg.train.amp_dtype] if amp == "auto" and cfg.train.amp and self.device.type == "cuda"
                           else None if amp in ("auto", "off") else AMP[amp])
         self.weights = "ema" if use_ema and "ema" in ckpt else "model"
-        self.class_names = known_class_names(ds.pipeline, ds.num_classes)
+        self.class_names = (known_class_names(ds.pipeline, ds.num_classes)
+                            or [f"class{i}" for i in range(ds.num_classes)])
         if fragment_batch < 1 or (max_points is not None and max_points < 1):
             raise ValueError("fragment_batch and max_points must be >= 1")
         self.fragment_batch, self.max_points, self.tile_overlap = fragment_batch, max_points, tile_overlap
@@ -172,24 +135,12 @@ class Predictor:
             self.pipeline = scannet_instance_val(ds.segment_field, ds.condition, ds.grid_size)
             self.num_views = 1
             return
-        self.model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), self.device)
-        load_state_strict(self.model, ckpt[self.weights], ignore_unexpected=("distill_heads.",), source=self.checkpoint)
-        self.model.eval()
-        pipeline = build_pipeline(ds.pipeline, "test", label=ds.segment_field, condition=ds.condition,
-                                  grid_size=ds.grid_size)
-        views = _identity_first(pipeline.views)
-        self.num_views = len(views) if tta is True else max(1, int(tta))
-        if self.num_views > len(views):
-            raise ValueError(f"tta={tta}: the {ds.pipeline} pipeline has {len(views)} views")
-        self.pipeline: TestPipeline = dataclasses.replace(pipeline, views=views[:self.num_views])
-
-    def _dataset(self, datasets: Sequence[Any], which: str | int):
-        by_name = {d.condition: d for d in datasets}
-        if isinstance(which, str) and which in by_name:
-            return by_name[which]
-        if str(which).isdigit() and int(which) < len(datasets):
-            return datasets[int(which)]
-        raise DataError(self.checkpoint, f"dataset {which!r} is neither an index nor one of {list(by_name)}")
+        self.model, self.weights = build_test_segmentor(cfg, ckpt, self.device, use_ema, source=self.checkpoint)
+        wanted = None if tta is True else max(1, int(tta))
+        # the untransformed view comes first in every test pipeline: tta=N takes it and the next N-1
+        self.views, self.num_views = test_views_for(ds, cfg.model, wanted)
+        if wanted is not None and wanted > self.num_views:
+            raise ValueError(f"tta={tta}: the {ds.pipeline} pipeline has {self.num_views} views")
 
     def predict(self, source: str | os.PathLike | Scene, *, name: str | None = None, las_labels: bool = False
                 ) -> Prediction:
@@ -235,7 +186,7 @@ class Predictor:
         with torch.no_grad():
             for ids in tiles:
                 part = inputs if single else {k: (v if k == "name" else v[ids]) for k, v in inputs.items()}
-                frags = self._counted(self._fragments(part), bar)
+                frags = self._counted(self.views(part), bar)
                 probs, inverse, count, _ = scene_probabilities(
                     self.model, frags, len(ids), name, num_classes=self.dataset.num_classes, device=self.device,
                     amp_dtype=self.amp_dtype, condition=self.dataset.condition, fragment_batch=self.fragment_batch)
@@ -253,12 +204,6 @@ class Predictor:
 
         return tqdm(total=tiles * self.num_views, desc=name, unit="view", disable=not self.progress,
                     leave=False, file=sys.stderr)
-
-    def _fragments(self, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Precise-test fragments with the features placed where training put them (joint checkpoints)."""
-        for frag in test_views(inputs, self.pipeline):
-            frag["feat"] = place_features(frag["feat"], self.feat_start, self.in_channels, frag.get("name"))
-            yield frag
 
     @staticmethod
     def _counted(frags: Iterator[dict], bar) -> Iterator[dict]:

@@ -11,7 +11,8 @@ and loss; total = Σ_c loss_c·n_c/N with n_c the voxels of condition c and N al
 With a teacher: argmax pseudo-labels of the frozen teacher, run on the same mixed batch, supervise the
 distill head of each condition over EVERY voxel (GT-ignored ones included), and
 loss_c = (1-w)·GT + w·distill with w = 0.5. A non-finite loss_c is replaced by 0·sum(logits) (non-finite
-logits counted as 0, so the replacement is exactly 0 with zero gradients).
+logits counted as 0, so the replacement is exactly 0 with zero gradients); the part "<c>/nonfinite" is 1.0
+then and 0.0 otherwise (written for every condition in the batch).
 Eval (`model.eval()`): all samples must share one condition; its seg head gives the logits (V, C); the loss
 is computed when `segment` is present. Distill heads are never used at inference.
 Returns a `SegmentorOutput`.
@@ -58,7 +59,8 @@ class SegmentorOutput:
     """logits: (V, C) in eval; {condition: (n_c, C_c)} in training, rows ordered as `index[condition]`.
 
     loss: 0-dim tensor (None in eval without labels). parts: detached scalars for logging, e.g.
-    "ScanNet/seg/ce", "ScanNet/distill/lovasz", "ScanNet/loss". index: voxel ids per condition (training).
+    "ScanNet/seg/ce", "ScanNet/distill/lovasz", "ScanNet/loss", "ScanNet/nonfinite" (0 or 1, training).
+    index: voxel ids per condition (training).
     """
 
     logits: Tensor | dict[str, Tensor]
@@ -172,11 +174,14 @@ class Segmentor(nn.Module):
                 parts.update({f"{condition}/distill/{k}": v for k, v in d_parts.items()})
                 loss = (1.0 - self.distill_weight) * loss + self.distill_weight * distill_loss
                 guard = guard + torch.nan_to_num(distill_logits.float()).sum()
-            if not bool(torch.isfinite(loss)):
+            finite = bool(torch.isfinite(loss))
+            if not finite:
                 # One bad condition must not poison the step; keep the graph so every rank runs backward.
                 # nan_to_num: with inf logits, the reference's plain 0·sum(logits) would itself be NaN.
-                parts[f"{condition}/nonfinite"] = torch.ones((), device=feat.device)
                 loss = guard * 0.0
+            # Written every step (0 or 1): the trainer averages a part over the micro-batches that have it,
+            # so the log shows the fraction of this condition's micro-batches that were non-finite.
+            parts[f"{condition}/nonfinite"] = torch.full((), 0.0 if finite else 1.0, device=feat.device)
             count = feat_c.shape[0]
             parts[f"{condition}/loss"] = loss.detach()
             total = total + loss * (count / num_voxels)
