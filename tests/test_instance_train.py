@@ -87,13 +87,11 @@ def test_backbone_loads_strictly(tmp_path):
 
 
 def test_poly_schedule():
-    from volt.engine.instance_train import poly_scheduler
-    from volt.engine.optim import build_optimizer, build_scheduler
+    from volt.engine.optim import build_optimizer, poly_scheduler
 
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, 0.1, 0.0, [0.9, 0.999])
-    build_scheduler(opt, 0.1, 10)  # what the Trainer builds first; the poly schedule replaces it
-    sched = poly_scheduler(opt, 0.1, 0.9, 10, 0.9)
+    sched = poly_scheduler(opt, 10, 0.9)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])

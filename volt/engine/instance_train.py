@@ -36,6 +36,7 @@ from volt.engine.build import EpochLoader, build_backbone
 from volt.engine.checkpoint import load_checkpoint, load_state_strict
 from volt.engine.ema import unwrap
 from volt.engine.instance_test import ap_summary, evaluate_loader, instance_evaluator
+from volt.engine.optim import poly_scheduler
 from volt.engine.trainer import Trainer, epoch_batches, to_device
 from volt.errors import DataError
 from volt.models.instance_segmentor import InstanceSegmentor
@@ -143,26 +144,13 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[dict[str, Any]], dev
     return used
 
 
-def poly_scheduler(optimizer: torch.optim.Optimizer, lr: float, beta1: float, total_steps: int,
-                   power: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr·(1 − step/total)^power per optimizer step; β1 fixed (replaces the one-cycle schedule)."""
-    for group in optimizer.param_groups:  # undo what OneCycleLR set up at construction
-        group["lr"] = group["initial_lr"] = lr
-        group["betas"] = (beta1, group["betas"][1])
-        for k in ("max_lr", "min_lr", "max_momentum", "base_momentum"):
-            group.pop(k, None)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)) ** power)
-
-
 class InstanceTrainer(Trainer):
     """Trainer hooks for the instance task; see the module docstring."""
 
-    def __init__(self, cfg: Config, info: dist.DistInfo, loaders: tuple[Any, Any] | None):
-        super().__init__(cfg, info, loaders)
-        if cfg.instance.schedule == "poly":
-            self.scheduler = poly_scheduler(self.optimizer, cfg.train.lr, cfg.train.betas[0], self.total_steps,
-                                            cfg.instance.poly_power)
+    def build_scheduler(self) -> Any:
+        if self.cfg.instance.schedule == "poly":
+            return poly_scheduler(self.optimizer, self.total_steps, self.cfg.instance.poly_power)
+        return super().build_scheduler()
 
     def build_model(self) -> nn.Module:
         model = build_instance_segmentor(self.cfg, load_init=True)

@@ -77,6 +77,14 @@ def build_scheduler(
     )
 
 
+def poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                   power: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr·(1 − step/total)^power per optimizer step from the optimizer's lr; β1 stays as built (the instance
+    task's schedule)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)) ** power)
+
+
 def current_lr_beta1(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     group = optimizer.param_groups[0]
     return float(group["lr"]), float(group["betas"][0])

@@ -132,8 +132,7 @@ class Trainer:
                              f"train.grad_accum = {t.grad_accum}")
         self.total_steps = self.steps_per_epoch * t.eval_epochs
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)
-        self.scheduler = build_scheduler(self.optimizer, t.lr, self.total_steps, t.pct_start, t.div_factor,
-                                         t.final_div_factor, t.base_momentum, t.max_momentum)
+        self.scheduler = self.build_scheduler()
         self.amp_dtype = AMP_DTYPES[t.amp_dtype] if t.amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = EMA(self.model, t.ema_decay) if t.ema else None
@@ -158,6 +157,12 @@ class Trainer:
 
     def build_loaders(self) -> tuple[Any, Any]:
         return build_loaders(self.cfg, self.info)
+
+    def build_scheduler(self) -> Any:
+        """The lr schedule over self.total_steps optimizer steps (one-cycle; the instance task may use poly)."""
+        t = self.cfg.train
+        return build_scheduler(self.optimizer, t.lr, self.total_steps, t.pct_start, t.div_factor,
+                               t.final_div_factor, t.base_momentum, t.max_momentum)
 
     def batch_accuracy(self, out: Any, batch: dict[str, Any]) -> tuple[int, int]:
         """(correct, labelled) of one training step, for the log's train_acc."""
