@@ -22,7 +22,7 @@ from volt.engine.checkpoint import save_checkpoint
 from volt.engine.instance_train import build_instance_segmentor
 from volt.errors import DataError
 from volt.inference import Predictor
-from volt.inference.instances import point_instances
+from volt.inference.instances import per_point_instances
 from volt.viz.palette import color_labels, palette
 
 
@@ -231,11 +231,12 @@ def test_inconsistent_checkpoints(tmp_path):
 
 def test_point_instances_take_the_best_covering_mask():
     masks = np.array([[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [1, 0, 1, 1, 0]], dtype=bool)
-    labels, confidence, instance = point_instances(masks, np.array([3, 5, 7]), np.array([0.2, 0.9, 0.5], np.float32))
+    labels, confidence, instance = per_point_instances(masks, np.array([3, 5, 7]),
+                                                       np.array([0.2, 0.9, 0.5], np.float32))
     np.testing.assert_array_equal(instance, [1, 0, 0, 1, -1])  # ranks by score: mask 1, mask 2, mask 0
     np.testing.assert_array_equal(labels, [7, 5, 5, 7, -1])
     np.testing.assert_allclose(confidence, [0.5, 0.9, 0.9, 0.5, 0.0])
-    empty = point_instances(np.zeros((0, 4), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    empty = per_point_instances(np.zeros((0, 4), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
     np.testing.assert_array_equal(empty[2], [-1, -1, -1, -1])
 
 

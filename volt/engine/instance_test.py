@@ -146,26 +146,37 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def load_instance_model(cfg: Any, state: dict[str, torch.Tensor], device: torch.device,
+                        source: str | Path | None = None) -> torch.nn.Module:
+    """The instance segmentor of `cfg` with `state` (every weight) loaded strictly, in eval mode on `device`."""
+    from volt.engine.checkpoint import load_state_strict
+    from volt.engine.instance_train import build_instance_segmentor
+
+    model = build_instance_segmentor(cfg, load_init=False)  # the checkpoint holds every weight
+    load_state_strict(model, state, source=source)
+    return model.to(device).eval()
+
+
 def run_instance_test(cfg: Any, ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *, split: str | None = None,
                       device: str = "auto", submission: bool = False, use_ema: bool = True,
                       log: Any = print) -> dict:
     """Test an instance checkpoint on a split (default the first dataset's val split); see the module docstring."""
     from volt.data.dataset import SceneDataset
     from volt.data.pipelines_instance import build_instance_loader, scannet_instance_val
-    from volt.engine.checkpoint import load_checkpoint, load_state_strict
+    from volt.engine.checkpoint import load_checkpoint
+    from volt.engine.dist import pick_device
     from volt.engine.instance_eval import format_ap_table
     from volt.engine.instance_submission import write_instance_submission
-    from volt.engine.instance_train import build_instance_segmentor, scene_fields
+    from volt.engine.instance_train import scene_fields
     from volt.engine.submission import scannet_class_ids
 
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     ds = cfg.data.datasets[0]
     split = split or ds.val_split
-    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    dev = pick_device(device)
     ckpt = load_checkpoint(ckpt_path)
     weights = "ema" if use_ema and "ema" in ckpt else "model"
-    model = build_instance_segmentor(cfg, load_init=False).to(dev)
-    load_state_strict(model, ckpt[weights], source=ckpt_path)
+    model = load_instance_model(cfg, ckpt[weights], dev, ckpt_path)
     scenes = SceneDataset(ds.root, split, fields=scene_fields(ds, optional_labels=True, split=split))
     pipeline = scannet_instance_val(ds.segment_field, ds.condition, ds.grid_size)
     fill = _LabelFill(pipeline)

@@ -3,8 +3,8 @@
 An instance model (`volt.engine.instance_train.build_instance_segmentor`) has no per-point semantic head: it
 predicts K masks over the points, each with a semantic class and a score
 (`volt.engine.instance_test.predict_instances`: one forward pass on one point per voxel, every point mapped
-back through its voxel; no fragments and no TTA). `point_instances(masks, classes, scores)` turns them into
-per-point results: instance = rank (by score, 0 = best) of the highest-scoring mask covering the point,
+back through its voxel; no fragments and no TTA). `per_point_instances(masks, classes, scores)` turns them
+into per-point results: instance = rank (by score, 0 = best) of the highest-scoring mask covering the point,
 label = that mask's class, confidence = its score; points under no mask (stuff classes such as wall and
 floor, or nothing found) get instance -1, label -1 and confidence 0.
 
@@ -25,20 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from volt.config import Config
 from volt.data.scene import Scene
-from volt.engine.checkpoint import load_state_strict
 from volt.inference.inputs import has_faces
-
-
-def build_instance_model(cfg: Config, state: dict[str, torch.Tensor], device: torch.device,
-                         source: str | os.PathLike) -> nn.Module:
-    """The instance segmentor of `cfg` with `state` loaded strictly, in eval mode on `device`."""
-    from volt.engine.instance_train import build_instance_segmentor
-
-    model = build_instance_segmentor(cfg, load_init=False)  # the checkpoint holds every weight
-    load_state_strict(model, state, source=source)
-    return model.to(device).eval()
 
 
 def superpoints(scene: Scene, source: str | os.PathLike | None, normal: np.ndarray,
@@ -60,7 +48,7 @@ def superpoints(scene: Scene, source: str | os.PathLike | None, normal: np.ndarr
     return np.asarray(cloud_superpoints(scene["coord"], normal), dtype=np.int64)
 
 
-def point_instances(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray
+def per_point_instances(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(K, N) masks -> per point (labels (N,) int64, confidence (N,) float32, instance (N,) int64)."""
     n = masks.shape[1]
@@ -82,4 +70,4 @@ def predict_scene(model: nn.Module, inputs: dict[str, Any], pipeline: Any,
     from volt.engine.instance_test import predict_instances
 
     out = predict_instances(model, inputs, pipeline, amp_dtype)
-    return (*point_instances(out["masks"], out["classes"], out["scores"]), len(out["masks"]))
+    return (*per_point_instances(out["masks"], out["classes"], out["scores"]), len(out["masks"]))

@@ -127,11 +127,11 @@ class Predictor:
         self.estimate_normals, self.keep_probs, self.progress = estimate_normals, keep_probs, progress
         if self.task == "instance":
             from volt.data.pipelines_instance import scannet_instance_val
-            from volt.inference.instances import build_instance_model
+            from volt.engine.instance_test import load_instance_model
 
             if tta is True or tta not in (0, 1) or max_points is not None:
                 raise ValueError("instance checkpoints predict a whole scene from one view: no tta, no max_points")
-            self.model = build_instance_model(cfg, ckpt[self.weights], self.device, self.checkpoint)
+            self.model = load_instance_model(cfg, ckpt[self.weights], self.device, self.checkpoint)
             self.pipeline = scannet_instance_val(ds.segment_field, ds.condition, ds.grid_size)
             self.num_views = 1
             return
