@@ -14,6 +14,8 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/run_tasks.h"
+
 namespace volt {
 namespace cpu {
 
@@ -27,20 +29,11 @@ inline std::vector<int64_t> chunk_bounds(int64_t n) {
   return b;
 }
 
-// Runs f(chunk_index, begin, end) for every chunk. Threads take chunks from a shared counter, so a
-// thread the OS parks (busy machine) does not hold the others up: they take its chunks.
+// Runs f(chunk_index, begin, end) for every chunk, through run_tasks (threads take chunks from a shared
+// counter, so a thread the OS parks on a busy machine does not hold the others up).
 template <typename F>
 void for_each_chunk(const std::vector<int64_t>& cb, const F& f) {
-  const int64_t t = int64_t(cb.size()) - 1;
-  const int64_t threads = std::min<int64_t>(t, at::get_num_threads());
-  if (threads <= 1) {
-    for (int64_t c = 0; c < t; ++c) f(c, cb[c], cb[c + 1]);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t c = next++; c < t; c = next++) f(c, cb[c], cb[c + 1]);
-  });
+  run_tasks(int64_t(cb.size()) - 1, [&](int64_t c) { f(c, cb[c], cb[c + 1]); });
 }
 
 // Digit counts and offsets (< 2^32: at most 2^31 elements per call). Not int64_t, so that stores of

@@ -1,4 +1,4 @@
-// Task runner shared by the CPU kernel-map, sparse-convolution and slot kernels (csrc/cpu/kernel_map.cpp,
+// Task runner shared by the CPU kernels (radix_sort.h for_each_chunk: voxelize, patchify; kernel_map.cpp,
 // csrc/cpu/sparse_conv.cpp, csrc/cpu/slot_matmul.cpp).
 // run_tasks(n, f) calls f(task) once for every task in [0, n). Threads take the next free task from a
 // counter, so a thread the OS delays does not stall the others; callers keep results independent of the
