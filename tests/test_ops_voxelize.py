@@ -126,6 +126,19 @@ def test_parity_voxels_spanning_work_chunks(device):
         assert_parity(coord, offset, torch.tensor([0.1, 0.1, 0.1, 0.02]), seed, device, with_order)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_parity_voxel_starting_at_a_work_chunk_boundary(device):
+    """A voxel whose first point sits exactly at sorted position 65536, where the second chunk begins."""
+    need_ext("voxelize", device)
+    g = torch.Generator().manual_seed(10)
+    first = torch.full((65_536, 3), 0.01)  # the lowest key: sorted positions 0 .. 65535
+    coord = torch.cat([torch.full((1000, 3), 0.51), first, torch.rand(5000, 3, generator=g) + 2])
+    coord = coord[torch.randperm(len(coord), generator=g)]
+    for seed, with_order in ((4, False), (None, True)):
+        out = assert_parity(coord, torch.tensor([len(coord)]), torch.tensor([0.1]), seed, device, with_order)
+        assert out[2][0] == 65_536
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=4),
        grid_sizes=st.lists(st.sampled_from([0.02, 0.05, 0.25, 1.0, 3.0]), min_size=4, max_size=4),

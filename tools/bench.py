@@ -4,10 +4,11 @@
 - voxelize (train mode, the whole call: voxels, inverse, counts, one random point per voxel) on synthetic
   clouds: a LiDAR-like sweep of 35k points at 5 cm; indoor rooms (10 x 8 x 3 m shell + 20 boxes, points on
   the surfaces in random order) of 200k, 1M and 5M points at 2 cm. Rows: volt ext, volt reference (torch),
-  NumPy hash-and-argsort grid sampling as the reference toolkit's loader does it (floor, FNV hash, argsort,
-  unique, random pick, inverse; always on the CPU), torch sort + unique_consecutive + random pick, torch.unique
-  on a packed key, open3d voxel_down_sample (when installed), and the memory-bandwidth floor: a copy moving
-  16 bytes per point (xyz in, one int32 out).
+  NumPy hash-and-argsort grid sampling as the reference toolkit's loader does it (spec §1.7: float64 cells,
+  minus their min, FNV hash, argsort, unique, random pick, inverse, and the picked points' grid cells; always
+  on the CPU) -- the "vs numpy" baseline -- and a leaner NumPy variant (float32 cells, no grid cells), torch
+  sort + unique_consecutive + random pick, torch.unique on a packed key, open3d voxel_down_sample (when
+  installed), and the memory-bandwidth floor: a copy moving 16 bytes per point (xyz in, one int32 out).
 - patchify (5x5x5 patches) of those clouds' voxels: volt ext vs torch.unique(dim=0) (the reference toolkit).
 - the rows of tools/bench_sparse_conv.py (`run(device) -> list[dict]`), when that file exists.
 Implementations are timed in interleaved rounds (so load changes hit all alike); "ms" is the median, "best"
@@ -102,15 +103,34 @@ def measure(fns: dict, device: str, budget_s: float = 1.5, max_rounds: int = 9) 
 
 def fnv_hash(grid, np):
     """The reference toolkit's voxel key: FNV-1 over the three uint64 columns (spec §1.7)."""
+    cols = grid.astype(np.uint64)  # the reference casts a copy of the whole (N, 3) array
     h = np.full(grid.shape[0], 14695981039346656037, dtype=np.uint64)
     for j in range(3):
         h *= np.uint64(1099511628211)
-        h ^= grid[:, j].astype(np.uint64)
+        h ^= cols[:, j]
     return h
 
 
 def numpy_grid_sample(coord, grid_size: float, rng, np):
-    """Spec §1.7 train mode in NumPy: one random point per voxel and the point -> voxel inverse."""
+    """Spec §1.7 train mode as the reference toolkit's GridSample computes what volt's voxelize returns:
+    the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells.
+    Its grid size is a NumPy array, so the cells are computed in float64; the grid cells of the voxels
+    are a gather of the picked points' rows."""
+    cell = np.floor(coord / np.array(grid_size)).astype(np.int64)
+    cell -= cell.min(0)
+    key = fnv_hash(cell, np)
+    idx_sort = np.argsort(key)
+    _, inv_sorted, count = np.unique(key[idx_sort], return_inverse=True, return_counts=True)
+    start = np.cumsum(np.insert(count, 0, 0)[:-1])
+    pick = idx_sort[start + rng.integers(0, count.max(), count.size) % count]
+    inverse = np.empty_like(inv_sorted)
+    inverse[idx_sort] = inv_sorted
+    return pick, inverse, count, cell[pick]
+
+
+def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
+    """numpy_grid_sample with less work than the reference toolkit does: float32 cells and no grid cells
+    (volt's voxelize returns them; here they are left out). Shown beside it, not used for a ratio."""
     cell = np.floor(coord / grid_size).astype(np.int64)
     key = fnv_hash(cell - cell.min(0), np)
     idx_sort = np.argsort(key)
@@ -159,6 +179,10 @@ def _with_ops(mode: str, fn):
     return run
 
 
+NUMPY = "numpy GridSample (reference, CPU)"
+NUMPY_LEAN = "numpy lean: f32, no grid (CPU)"
+
+
 def voxelize_rows(name: str, pts: torch.Tensor, grid_size: float, device: str) -> list[dict]:
     n = pts.shape[0]
     coord = pts.to(device)
@@ -176,9 +200,10 @@ def voxelize_rows(name: str, pts: torch.Tensor, grid_size: float, device: str) -
         import numpy as np
 
         pts_np, rng = pts.numpy(), np.random.default_rng(0)
-        fns["numpy hash+argsort (spec, CPU)"] = lambda: numpy_grid_sample(pts_np, grid_size, rng, np)
+        fns[NUMPY] = lambda: numpy_grid_sample(pts_np, grid_size, rng, np)
+        fns[NUMPY_LEAN] = lambda: numpy_grid_sample_lean(pts_np, grid_size, rng, np)
     else:
-        notes["numpy hash+argsort (spec, CPU)"] = "numpy not installed"
+        notes[NUMPY] = "numpy not installed"
     fns["torch sort+unique_consecutive"] = lambda: torch_sort_unique(coord, grid_size, gen)
     fns["torch.unique(packed key)"] = lambda: torch_unique_key(coord, grid_size, gen)
     if importlib.util.find_spec("open3d") is not None:
@@ -191,12 +216,13 @@ def voxelize_rows(name: str, pts: torch.Tensor, grid_size: float, device: str) -
         fns["open3d voxel_down_sample (CPU)"] = o3d_down
     else:
         notes["open3d voxel_down_sample"] = "not installed"
-    for label in ("numpy hash+argsort (spec, CPU)", "torch sort+unique_consecutive", "torch.unique(packed key)"):
+    for label in (NUMPY, NUMPY_LEAN, "torch sort+unique_consecutive", "torch.unique(packed key)"):
         if label in fns and len(fns[label]()[2]) != v:  # the baselines should find the same voxels
-            notes[f"{label}: voxel count"] = f"{len(fns[label]()[2])}, volt {v}"
+            why = " (float64 cells, as the reference toolkit; volt: the coordinates' float32)" if label == NUMPY else ""
+            notes[f"{label}: voxel count"] = f"{len(fns[label]()[2])}, volt {v}{why}"
     times = measure(fns, device)
     best = {label: b for label, (_, b) in times.items()}
-    numpy_s = best.get("numpy hash+argsort (spec, CPU)")
+    numpy_s = best.get(NUMPY)
     torch_s = min(best["torch sort+unique_consecutive"], best["torch.unique(packed key)"])
     rows = []
     for label, (med, b) in times.items():
