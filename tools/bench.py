@@ -111,28 +111,9 @@ def fnv_hash(grid, np):
     return h
 
 
-def numpy_grid_sample(coord, grid_size: float, rng, np):
-    """Spec §1.7 train mode as the reference toolkit's GridSample computes what volt's voxelize returns:
-    the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells.
-    Its grid size is a NumPy array, so the cells are computed in float64; the grid cells of the voxels
-    are a gather of the picked points' rows."""
-    cell = np.floor(coord / np.array(grid_size)).astype(np.int64)
-    cell -= cell.min(0)
-    key = fnv_hash(cell, np)
-    idx_sort = np.argsort(key)
-    _, inv_sorted, count = np.unique(key[idx_sort], return_inverse=True, return_counts=True)
-    start = np.cumsum(np.insert(count, 0, 0)[:-1])
-    pick = idx_sort[start + rng.integers(0, count.max(), count.size) % count]
-    inverse = np.empty_like(inv_sorted)
-    inverse[idx_sort] = inv_sorted
-    return pick, inverse, count, cell[pick]
-
-
-def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
-    """numpy_grid_sample with less work than the reference toolkit does: float32 cells and no grid cells
-    (volt's voxelize returns them; here they are left out). Shown beside it, not used for a ratio."""
-    cell = np.floor(coord / grid_size).astype(np.int64)
-    key = fnv_hash(cell - cell.min(0), np)
+def _numpy_pick(key, rng, np):
+    """The reference toolkit's steps after the hash: argsort, unique with inverse and counts, one random
+    point per voxel (spec §1.7), the inverse in point order. Returns (pick, inverse, count)."""
     idx_sort = np.argsort(key)
     _, inv_sorted, count = np.unique(key[idx_sort], return_inverse=True, return_counts=True)
     start = np.cumsum(np.insert(count, 0, 0)[:-1])
@@ -140,6 +121,24 @@ def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
     inverse = np.empty_like(inv_sorted)
     inverse[idx_sort] = inv_sorted
     return pick, inverse, count
+
+
+def numpy_grid_sample(coord, grid_size: float, rng, np):
+    """Spec §1.7 train mode as the reference toolkit's GridSample computes what volt's voxelize returns:
+    the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells.
+    Its grid size is a NumPy array, so the cells are computed in float64; the grid cells of the voxels
+    are a gather of the picked points' rows."""
+    cell = np.floor(coord / np.array(grid_size)).astype(np.int64)
+    cell -= cell.min(0)
+    pick, inverse, count = _numpy_pick(fnv_hash(cell, np), rng, np)
+    return pick, inverse, count, cell[pick]
+
+
+def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
+    """numpy_grid_sample with less work than the reference toolkit does: float32 cells and no grid cells
+    (volt's voxelize returns them; here they are left out). Shown beside it, not used for a ratio."""
+    cell = np.floor(coord / grid_size).astype(np.int64)
+    return _numpy_pick(fnv_hash(cell - cell.min(0), np), rng, np)
 
 
 def _packed_key(coord: torch.Tensor, grid_size: float) -> torch.Tensor:
