@@ -29,3 +29,28 @@ def test_environment_choice_is_respected(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+class _Applied(Exception):
+    pass
+
+
+@pytest.mark.parametrize("tool", ["demo", "demo_joint", "demo_instance"])
+@pytest.mark.parametrize("argv,requested", [([], None), (["--threads", "3"], 3)])
+def test_demos_set_threads_through_set_cpu_threads(tool, argv, requested, monkeypatch, tmp_path):
+    """Every demo applies the same rule as tools/train.py (OMP_NUM_THREADS or --threads win; else the
+    cores left beside the one loader worker), before any work starts."""
+    from conftest import load_tool
+
+    module = load_tool(tool)
+    calls = []
+
+    def record(num_workers, requested=None):
+        calls.append((num_workers, requested))
+        raise _Applied
+
+    monkeypatch.setattr(module, "set_cpu_threads", record)
+    with pytest.raises(_Applied):
+        module.main(["--out", str(tmp_path), *argv])
+    assert calls == [(1, requested)]
+    assert not any(tmp_path.iterdir())  # nothing ran before the threads were set

@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the tests load this file by path
 
-import torch
 from _demo_common import finished_run  # tools/_demo_common.py
 
 from volt.config import Config, load_config
@@ -46,7 +45,7 @@ from volt.engine.checkpoint import load_checkpoint
 from volt.engine.dist import pick_device
 from volt.engine.evaluate import precise_test
 from volt.engine.report import format_table, save_json
-from volt.engine.threads import cpu_threads
+from volt.engine.threads import set_cpu_threads
 from volt.engine.trainer import fit
 from volt.viz.pictures import demo_pictures
 
@@ -123,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few training steps and one TTA view (smoke run)")
     ap.add_argument("--no-outdoor", action="store_true", help="skip the nuScenes-format training and test")
     ap.add_argument("--views", type=int, help="use the first N TTA views (default: all; 1 with --quick)")
-    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: cores minus loader workers)")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else cores minus loader workers)")
     args = ap.parse_args(argv)
 
     # The demo configs use one loader worker: torch gets the other cores (volt/engine/threads.py says why).
-    torch.set_num_threads(cpu_threads(num_workers=1, requested=args.threads))
+    set_cpu_threads(num_workers=1, requested=args.threads)
     out = args.out
     raw, processed, runs = out / "raw", out / "processed", out / "runs"
     views = args.views or (1 if args.quick else None)

@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: demo.py and the tests load this file by path
 
-import torch
 from _demo_common import finished_run  # tools/_demo_common.py
 
 from volt.config import load_config
 from volt.engine.instance_test import run_instance_test
+from volt.engine.threads import set_cpu_threads
 from volt.engine.trainer import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--semantic", type=Path, help="semantic checkpoint (default: <out>/runs/volt/best.pt)")
     ap.add_argument("--quick", action="store_true", help="a few training steps (smoke run)")
     ap.add_argument("--overwrite", action="store_true", help="retrain even if a finished run exists")
-    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else cores minus loader workers)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The demo configs use one loader worker: torch gets the other cores (volt/engine/threads.py says why).
+    set_cpu_threads(num_workers=1, requested=args.threads)
     semantic = args.semantic or args.out / "runs" / "volt" / "best.pt"
     if not semantic.is_file():
         print(f"error: no semantic checkpoint at {semantic}; run tools/demo.py --out {args.out} first",

@@ -30,7 +30,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
 from _demo_common import finished_run  # tools/_demo_common.py
 from demo import prepare_data  # tools/demo.py
 
@@ -40,7 +39,7 @@ from volt.data.samplers import joint_counts
 from volt.engine.build import build_test_segmentor, class_names, scene_dataset, test_views_for
 from volt.engine.checkpoint import load_checkpoint
 from volt.engine.evaluate import precise_test
-from volt.engine.threads import cpu_threads
+from volt.engine.threads import set_cpu_threads
 from volt.engine.trainer import fit
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_joint.yaml"
@@ -110,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="regenerate the data and retrain every run")
     ap.add_argument("--quick", action="store_true", help="a few training steps (smoke run)")
     ap.add_argument("--views", type=int, default=0, help="also run the precise test with N TTA views (default: off)")
-    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: cores minus loader workers)")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else cores minus loader workers)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value for every run (e.g. train.epochs=32)")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(cpu_threads(num_workers=1, requested=args.threads))
+    # The demo configs use one loader worker: torch gets the other cores (volt/engine/threads.py says why).
+    set_cpu_threads(num_workers=1, requested=args.threads)
     start, out = time.time(), args.out
     processed, runs = out / "processed", out / "runs"
     print(f"[1/4] data: synthetic raw scans -> real preprocessors -> {processed}")
