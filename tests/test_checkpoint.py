@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import random
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, fixture_file
+from conftest import fixture_file, load_tool
 from torch import nn
 
 from volt.engine.checkpoint import (
@@ -186,13 +185,6 @@ def test_load_teacher_is_frozen_and_strict(tmp_path):
 
 # --- tools/convert_checkpoint.py ------------------------------------------------------------------------
 
-def _converter():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _offset(batch: torch.Tensor) -> torch.Tensor:
     return torch.bincount(batch).cumsum(0)
 
@@ -211,7 +203,7 @@ def test_convert_volt_reference_checkpoint_reproduces_the_fixture(tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{"model": {"preset": "parity"}}')
     out = tmp_path / "ours.pt"
-    assert _converter().main(["--kind", "volt", "--input", str(ref), "--output", str(out),
+    assert load_tool("convert_checkpoint").main(["--kind", "volt", "--input", str(ref), "--output", str(out),
                               "--config-json", str(config)]) == 0
     ckpt = load_checkpoint(out)
     assert ckpt["config"] == {"model": {"preset": "parity"}}
@@ -237,7 +229,7 @@ def test_convert_spunet_teacher_reproduces_the_fixture(tmp_path):
     ref = tmp_path / "teacher.pth"
     torch.save({"state_dict": {"module.backbone." + k: v for k, v in fx["state_dict"].items()}}, ref)
     out = tmp_path / "teacher.pt"
-    assert _converter().main(["--kind", "spunet", "--input", str(ref), "--output", str(out)]) == 0
+    assert load_tool("convert_checkpoint").main(["--kind", "spunet", "--input", str(ref), "--output", str(out)]) == 0
     cfg = fx["config"]
     model = SparseUNet(cfg["in_channels"], cfg["num_classes"], cfg["base_channels"], cfg["channels"], cfg["layers"])
     teacher = load_teacher(out, model)
@@ -247,7 +239,7 @@ def test_convert_spunet_teacher_reproduces_the_fixture(tmp_path):
 
 
 def test_converter_refuses_unknown_keys_and_pickled_payloads(tmp_path):
-    conv = _converter()
+    conv = load_tool("convert_checkpoint")
     ref = tmp_path / "ref.pth"
     torch.save({"state_dict": {"module.backbone.tokenizer.proj.bias": torch.zeros(2),
                                "module.aux_head.weight": torch.zeros(2, 2)}}, ref)

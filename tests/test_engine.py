@@ -8,7 +8,6 @@ way a DistributedSampler strides a global batch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import load_tool
 from torch import nn
 
 from volt.config import (
@@ -378,23 +378,15 @@ def test_teacher_from_our_checkpoint(tmp_path):
 # --- the real data path: demo scenes -> volt.data pipelines/loader -> fit, via tools/train.py ----------------
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    demo = _tool("demo")
+    demo = load_tool("demo")
     out = tmp_path_factory.mktemp("demo")
     demo.prepare_data(out / "raw", out / "processed", 0, False)  # data only: no training stages
     return out / "processed" / "scannet"
 
 
-def _tool(name: str):
-    """A tools/<name>.py script as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_demo_teacher_then_distilled_student(demo_root, tmp_path, capsys):
     configs = ROOT / "configs"
-    tool = _tool("train")
+    tool = load_tool("train")
     small = [f"data.datasets.0.root={demo_root}", "data.datasets.0.grid_size=0.25", "data.num_workers=0",
              "train.epochs=2", "train.eval_epochs=1", "eval.max_scenes=1", "train.log_every=1", "train.stop_at_step=2"]
     spunet = ["model.spunet.base_channels=8", "model.spunet.channels=[8, 16, 16, 8]", "model.spunet.layers=[1, 1, 1, 1]"]

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 from torch import nn
 
 from volt.engine.evaluate import accumulate_views, precise_test, validate
@@ -260,9 +261,7 @@ def test_precise_test_with_the_real_test_views(dataset):
 
 def test_tools_test_cli_end_to_end(tmp_path, capsys):
     """tools/test.py: checkpoint (with its stored config) -> precise test -> table, JSON, submission files."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     from volt.config import Config, DatasetCfg, to_dict
     from volt.data.io import write_scene
@@ -288,9 +287,7 @@ def test_tools_test_cli_end_to_end(tmp_path, capsys):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "best.pt", build_segmentor(cfg), to_dict(cfg))
 
-    spec = importlib.util.spec_from_file_location("volt_tools_test", Path(__file__).parents[1] / "tools" / "test.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("test")
     out = tmp_path / "out"
     code = tool.main(["--ckpt", str(ckpt), "--out", str(out), "--submission", "--device", "cpu",
                       "--fragment-batch", "8"])

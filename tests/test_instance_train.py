@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 
 from volt.config import load_config
 from volt.data.dataset import SceneDataset
@@ -140,11 +141,7 @@ def test_fit_and_test_instance_task(demo_processed, tmp_path):
 
 
 def test_demo_instance_stage_quick(demo_processed, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_instance_tool", ROOT / "tools" / "demo_instance.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("demo_instance")
     ckpt = tmp_path / "sem.pt"
     _semantic_checkpoint(ckpt)
     out = tool.instance_stage(demo_processed, tmp_path / "runs", ckpt, quick=True, overwrite=False)

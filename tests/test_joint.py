@@ -3,7 +3,6 @@ per-dataset teachers, per-dataset validation and test, the joint demo."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 
 from volt.config import config_from_dict, load_config, to_dict
 from volt.data.batch_grid import BatchGridCollate, split_at_grid_sample
@@ -25,13 +25,6 @@ from volt.ops import patchify, voxelize
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def joint_config(processed: Path, out: Path, *overrides: str):
@@ -259,7 +252,7 @@ def test_joint_fit_validates_and_tests_every_dataset(demo_processed, tmp_path, c
     assert val["metric"] == pytest.approx((val["ScanNet/mIoU"] + val["nuScenes/mIoU"]) / 2)
     assert "validation per dataset" in (tmp_path / "run" / "train.log").read_text()
     capsys.readouterr()
-    test = _tool("test")
+    test = load_tool("test")
     assert test.main(["--ckpt", str(result.last), "--dataset", "all", "--views", "1", "--out",
                       str(tmp_path / "test")]) == 0
     rows = json.loads((tmp_path / "test" / "datasets.json").read_text())
@@ -282,7 +275,7 @@ def test_joint_configs_load():
 
 
 def test_demo_joint_quick_prints_the_per_dataset_table(demo_processed, capsys):
-    demo = _tool("demo_joint")
+    demo = load_tool("demo_joint")
     assert demo.main(["--out", str(demo_processed.parent), "--quick", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     table = out.split("per run")[-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from volt.data import nuscenes_splits as splits
 from volt.data.io import read_scene
@@ -25,7 +25,6 @@ from volt.data.nuscenes import (
 )
 from volt.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 BIG_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
 SMALL_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-08-02-17-16-37+0800__LIDAR_TOP__1533201470948018.pcd.bin"
 SMALL_LABELS = "nuscenes/lidarseg/v1.0-trainval/5f6c1e0a0c3b444b97e78d2aa3fa34d2_lidarseg.bin"
@@ -35,13 +34,6 @@ SPEC_TRAIN_TO_FINE = {
     0: [9], 1: [14], 2: [15, 16], 3: [17], 4: [18], 5: [21], 6: [2, 3, 4, 6], 7: [12],
     8: [22], 9: [23], 10: [24], 11: [25], 12: [26], 13: [27], 14: [28], 15: [30],
 }  # fmt: skip
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 # ------------------------------------------------------------------------------------- class map, splits
@@ -270,7 +262,7 @@ def test_prepare_bad_sample_and_tool_exit(shared_data, tmp_path):
     assert sorted(summary.written) == ["lidar00", "lidar10"]
     assert sorted(summary.failed) == ["lidar01", "lidar20"]
     assert truncated.name in summary.failed["lidar01"] and "scene-9999" in summary.failed["lidar20"]
-    main = load_tool("prepare_nuscenes")
+    main = load_tool("prepare_nuscenes").main
     argv = ["--root", str(root), "--version", "v1.0-mini", "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 1
     shutil.rmtree(root / "v1.0-mini")
@@ -279,7 +271,7 @@ def test_prepare_bad_sample_and_tool_exit(shared_data, tmp_path):
 
 
 def test_tool_single_sweep(shared_data, tmp_path):
-    main = load_tool("prepare_nuscenes")
+    main = load_tool("prepare_nuscenes").main
     out = tmp_path / "one"
     assert main(["--pcd", str(shared_data / SMALL_SWEEP), "--lidarseg", str(shared_data / SMALL_LABELS),
                  "--out", str(out)]) == 0  # fmt: skip
@@ -291,6 +283,6 @@ def test_tool_single_sweep(shared_data, tmp_path):
 
 
 def test_tool_unusable_dataset(tmp_path, capsys):
-    main = load_tool("prepare_nuscenes")
+    main = load_tool("prepare_nuscenes").main
     assert main(["--root", str(tmp_path), "--version", "v1.0-trainval", "--out", str(tmp_path / "o")]) == 2
     assert "v1.0-trainval" in capsys.readouterr().err

@@ -7,7 +7,6 @@ The 81k-vertex scene is parsed once per module.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import plyfile
 import pytest
 import torch
-from conftest import ROOT, fixture_file
+from conftest import fixture_file, load_tool
 
 from volt.data.io import read_scene
 from volt.data.ply_mesh import read_ply_mesh, vertex_normals
@@ -37,13 +36,6 @@ from volt.data.scannet_classes import (
 from volt.errors import DataError
 
 TSV = "scannetv2-labels.combined.tsv"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("prepare_scannet_tool", ROOT / "tools" / "prepare_scannet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_mesh(path: Path, xyz, faces, rgb=None, text: bool = False) -> Path:
@@ -344,7 +336,7 @@ def test_prepare_end_to_end(tmp_path, scannet_dir, scene0000, capsys):
     split_dir = tmp_path / "splits"
     split_dir.mkdir()
     (split_dir / "scannetv2_train.txt").write_text("scene0000_00\n")
-    tool = _load_tool()
+    tool = load_tool("prepare_scannet")
     args = ["--raw", str(scannet_dir), "--labels", str(scannet_dir / TSV), "--out", str(out),
             "--split-dir", str(split_dir), "--no-progress"]
     assert tool.main(args + ["--overwrite"]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import load_tool
 
 from volt.data.io import read_scene
 from volt.data.semantic_kitti import (
@@ -23,17 +23,9 @@ from volt.data.semantic_kitti import (
 )
 from volt.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
 SCAN = "semantic_kitti/sequences/00/velodyne/000000.bin"
 LABEL = "semantic_kitti/sequences/00/labels/000000.label"
 YAML = "semantic_kitti/semantic-kitti.yaml"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def test_builtin_map_equals_yaml(shared_data):
@@ -173,7 +165,7 @@ def test_prepare_semantic_kitti(shared_data, tmp_path):
     summary = prepare_semantic_kitti(root, out, overwrite=True, progress=False)
     assert sorted(summary.failed) == ["08_000001", "sequence 30"]
     assert "000001.label" in summary.failed["08_000001"]
-    main = load_tool("prepare_semantic_kitti")
+    main = load_tool("prepare_semantic_kitti").main
     assert main(["--root", str(root), "--out", str(out), "--no-progress"]) == 1
     shutil.rmtree(root / "sequences/30")
     (root / "sequences/08/velodyne/000001.bin").unlink()
@@ -184,6 +176,6 @@ def test_prepare_semantic_kitti(shared_data, tmp_path):
 
 
 def test_tool_unusable_dataset(tmp_path, capsys):
-    main = load_tool("prepare_semantic_kitti")
+    main = load_tool("prepare_semantic_kitti").main
     assert main(["--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "sequences" in capsys.readouterr().err

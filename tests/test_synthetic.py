@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import plyfile
 import pytest
+from conftest import load_tool
 
 from volt.data.synthetic import make_indoor_scannet, make_outdoor_nuscenes
 
@@ -226,12 +227,7 @@ def test_classes_are_not_separable_by_one_trivial_cue(indoor, outdoor):
 
 
 def test_cli_writes_both_datasets(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "tools" / "make_demo_data.py"
-    spec = importlib.util.spec_from_file_location("make_demo_data", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("make_demo_data")
     args = ["--out", str(tmp_path), "--seed", "1", "--indoor-scenes", "2", "--outdoor-scenes", "2",
             "--samples-per-scene", "1"]
     assert tool.main(args) == 0
