@@ -4,9 +4,9 @@
 - voxelize (train mode, the whole call: voxels, inverse, counts, one random point per voxel) on synthetic
   clouds: a LiDAR-like sweep of 35k points at 5 cm; indoor rooms (10 x 8 x 3 m shell + 20 boxes, points on
   the surfaces in random order) of 200k, 1M and 5M points at 2 cm. Rows: volt ext, volt reference (torch),
-  NumPy hash-and-argsort grid sampling as the reference toolkit's loader does it (spec §1.7: float64 cells,
-  minus their min, FNV hash, argsort, unique, random pick, inverse, and the picked points' grid cells; always
-  on the CPU) -- the "vs numpy" baseline -- and a leaner NumPy variant (float32 cells, no grid cells), torch
+  NumPy hash-and-argsort grid sampling as the reference toolkit's loader does it (spec §1.7: cells minus
+  their min, FNV hash, argsort, unique, random pick, inverse, and the picked points' grid cells; always on
+  the CPU) -- the "vs numpy" baseline -- and the same without the grid cells ("numpy lean"), torch
   sort + unique_consecutive + random pick, torch.unique on a packed key, open3d voxel_down_sample (when
   installed), and the memory-bandwidth floor: a copy moving 16 bytes per point (xyz in, one int32 out).
 - patchify (5x5x5 patches) of those clouds' voxels: volt ext vs torch.unique(dim=0) (the reference toolkit).
@@ -125,18 +125,19 @@ def _numpy_pick(key, rng, np):
 
 def numpy_grid_sample(coord, grid_size: float, rng, np):
     """Spec §1.7 train mode as the reference toolkit's GridSample computes what volt's voxelize returns:
-    the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells.
-    Its grid size is a NumPy array, so the cells are computed in float64; the grid cells of the voxels
-    are a gather of the picked points' rows."""
-    cell = np.floor(coord / np.array(grid_size)).astype(np.int64)
+    the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells
+    (a gather of the picked points' rows). Cells in the coordinates' float32, as volt computes them and as
+    the reference's `coord / np.array(grid_size)` does under NumPy 1.x (NumPy 2 promotes it to float64,
+    which costs this baseline ~1.4 ms more at 1M points and moves a few boundary points to the next cell)."""
+    cell = np.floor(coord / grid_size).astype(np.int64)
     cell -= cell.min(0)
     pick, inverse, count = _numpy_pick(fnv_hash(cell, np), rng, np)
     return pick, inverse, count, cell[pick]
 
 
 def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
-    """numpy_grid_sample with less work than the reference toolkit does: float32 cells and no grid cells
-    (volt's voxelize returns them; here they are left out). Shown beside it, not used for a ratio."""
+    """numpy_grid_sample without the voxels' grid cells (volt's voxelize returns them; the reference's loader
+    gathers them). Shown beside it, not used for a ratio."""
     cell = np.floor(coord / grid_size).astype(np.int64)
     return _numpy_pick(fnv_hash(cell - cell.min(0), np), rng, np)
 
@@ -179,7 +180,7 @@ def _with_ops(mode: str, fn):
 
 
 NUMPY = "numpy GridSample (reference, CPU)"
-NUMPY_LEAN = "numpy lean: f32, no grid (CPU)"
+NUMPY_LEAN = "numpy lean: no grid cells (CPU)"
 
 
 def voxelize_rows(name: str, pts: torch.Tensor, grid_size: float, device: str) -> list[dict]:
@@ -217,8 +218,7 @@ def voxelize_rows(name: str, pts: torch.Tensor, grid_size: float, device: str) -
         notes["open3d voxel_down_sample"] = "not installed"
     for label in (NUMPY, NUMPY_LEAN, "torch sort+unique_consecutive", "torch.unique(packed key)"):
         if label in fns and len(fns[label]()[2]) != v:  # the baselines should find the same voxels
-            why = " (float64 cells, as the reference toolkit; volt: the coordinates' float32)" if label == NUMPY else ""
-            notes[f"{label}: voxel count"] = f"{len(fns[label]()[2])}, volt {v}{why}"
+            notes[f"{label}: voxel count"] = f"{len(fns[label]()[2])}, volt {v}"
     times = measure(fns, device)
     best = {label: b for label, (_, b) in times.items()}
     numpy_s = best.get(NUMPY)
