@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import load_tool
 
 from volt.engine.threads import cpu_threads, set_cpu_threads
 
@@ -40,8 +41,6 @@ class _Applied(Exception):
 def test_demos_set_threads_through_set_cpu_threads(tool, argv, requested, monkeypatch, tmp_path):
     """Every demo applies the same rule as tools/train.py (OMP_NUM_THREADS or --threads win; else the
     cores left beside the one loader worker), before any work starts."""
-    from conftest import load_tool
-
     module = load_tool(tool)
     calls = []
 
