@@ -32,7 +32,12 @@ def load_tool(name: str) -> ModuleType:
     """tools/<name>.py imported as a fresh module (the tools are scripts, not a package), to call its main()."""
     spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    environ = dict(os.environ)
+    try:
+        spec.loader.exec_module(module)
+    finally:  # a tool may set variables for its own process (bench.py: OMP_WAIT_POLICY); not for the tests'
+        os.environ.clear()
+        os.environ.update(environ)
     return module
 
 
@@ -60,11 +65,7 @@ def fixture_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def demo_processed(tmp_path_factory) -> Path:
     """The demo's synthetic data, generated and preprocessed once per session (no training stages)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_tool", ROOT / "tools" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool("demo")
     out = tmp_path_factory.getbasetemp() / "volt_demo"
     demo.prepare_data(out / "raw", out / "processed", 0, False)
     return out / "processed"

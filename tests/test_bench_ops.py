@@ -4,7 +4,6 @@ voxelize table is well formed. Timings are not asserted."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,10 +12,7 @@ from conftest import load_tool
 
 from volt.ops.voxelize import voxelize
 
-_wait_policy = os.environ.get("OMP_WAIT_POLICY")
-bench = load_tool("bench")  # sets OMP_WAIT_POLICY for its own process: not for the processes tests start
-if _wait_policy is None:
-    os.environ.pop("OMP_WAIT_POLICY", None)
+bench = load_tool("bench")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -20,12 +20,11 @@ Sections live in SECTIONS (name -> function(args)); new benchmarks plug in by na
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import statistics
 import sys
-import time
-from pathlib import Path
 
 # Waiting OpenMP threads sleep instead of spinning (unless the caller chose otherwise): on a shared
 # machine a spinning thread holds the core its busy team-mate needs, and every multi-threaded row (volt's
@@ -35,8 +34,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for path in (ROOT, os.path.join(ROOT, "tools")):  # volt, and the sibling benchmark scripts
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _bench_common import add_device_args, parse_device_args, sync_fn, time_calls
 
 from volt.ops import _ext
 from volt.ops.patchify import patchify
@@ -83,14 +85,10 @@ def lidar_sweep(n: int, seed: int = 0) -> torch.Tensor:
 def measure(fns: dict, device: str, budget_s: float = 1.5, max_rounds: int = 9) -> dict[str, tuple[float, float]]:
     """label -> (median, best) seconds per call. After one warm-up call each, implementations run in
     interleaved rounds; each takes part in as many rounds as fit its budget (at least one)."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = sync_fn(device)
 
     def once(fn) -> float:
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t
+        return time_calls(fn, 1, sync)[0]
 
     rounds = {label: max(1, min(max_rounds, int(budget_s / max(once(fn), 1e-6)))) for label, fn in fns.items()}
     times = {label: [] for label in fns}
@@ -123,14 +121,20 @@ def _numpy_pick(key, rng, np):
     return pick, inverse, count
 
 
+def _numpy_cells(coord, grid_size: float, np):
+    """The reference's cells: floor(coord / grid_size) minus their per-axis min (int64, (N, 3))."""
+    cell = np.floor(coord / grid_size).astype(np.int64)
+    cell -= cell.min(0)
+    return cell
+
+
 def numpy_grid_sample(coord, grid_size: float, rng, np):
     """Spec §1.7 train mode as the reference toolkit's GridSample computes what volt's voxelize returns:
     the picked point of every voxel, the point -> voxel inverse, the counts and the voxels' grid cells
     (a gather of the picked points' rows). Cells in the coordinates' float32, as volt computes them and as
     the reference's `coord / np.array(grid_size)` does under NumPy 1.x (NumPy 2 promotes it to float64,
     which costs this baseline ~1.4 ms more at 1M points and moves a few boundary points to the next cell)."""
-    cell = np.floor(coord / grid_size).astype(np.int64)
-    cell -= cell.min(0)
+    cell = _numpy_cells(coord, grid_size, np)
     pick, inverse, count = _numpy_pick(fnv_hash(cell, np), rng, np)
     return pick, inverse, count, cell[pick]
 
@@ -138,8 +142,7 @@ def numpy_grid_sample(coord, grid_size: float, rng, np):
 def numpy_grid_sample_lean(coord, grid_size: float, rng, np):
     """numpy_grid_sample without the voxels' grid cells (volt's voxelize returns them; the reference's loader
     gathers them). Shown beside it, not used for a ratio."""
-    cell = np.floor(coord / grid_size).astype(np.int64)
-    return _numpy_pick(fnv_hash(cell - cell.min(0), np), rng, np)
+    return _numpy_pick(fnv_hash(_numpy_cells(coord, grid_size, np), np), rng, np)
 
 
 def _packed_key(coord: torch.Tensor, grid_size: float) -> torch.Tensor:
@@ -290,13 +293,9 @@ def bench_ops(args: argparse.Namespace) -> None:
     print_table(rows, [("cloud", "cloud", "s"), ("impl", "impl", "s"), ("voxels", "voxels", "d"),
                        ("tokens", "tokens", "d"), ("mtok", "Mtok/s", ".2f"), ("ms", "ms", ".2f"),
                        ("best", "best", ".2f"), ("speedup", "speed-up", ".1f")])
-    sparse = os.path.join(ROOT, "tools", "bench_sparse_conv.py")
-    if os.path.exists(sparse):
+    if os.path.exists(os.path.join(ROOT, "tools", "bench_sparse_conv.py")):
         try:
-            spec = importlib.util.spec_from_file_location("bench_sparse_conv", sparse)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            srows = mod.run(device)
+            srows = importlib.import_module("bench_sparse_conv").run(device)
             keys = list(dict.fromkeys(k for r in srows for k in r))
             print("sparse convolution (tools/bench_sparse_conv.py)")
             print_table(srows, [(k, k, ".2f" if any(isinstance(r.get(k), float) for r in srows) else "")
@@ -305,28 +304,21 @@ def bench_ops(args: argparse.Namespace) -> None:
             print(f"sparse convolution benchmark failed: {type(exc).__name__}: {exc}\n")
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def bench_model(args: argparse.Namespace) -> None:
     """Volt-S forward / fwd+bwd vs the reference tokenization (tools/bench_model.py)."""
-    mod = _load_tool("bench_model")
+    mod = importlib.import_module("bench_model")
     mod.print_rows(mod.run(args.device))
 
 
 def bench_train(args: argparse.Namespace) -> None:
     """Data-pipeline throughput (tools/bench_train.py) and training steps (tools/bench_train_step.py)."""
-    pipe = _load_tool("bench_train")
+    pipe = importlib.import_module("bench_train")
     rows = pipe.run_pipeline_bench()
     keys = list(dict.fromkeys(k for r in rows for k in r))
     print("data pipeline (scenes/s per worker)")
     print_table(rows, [(k, k, ".2f" if any(isinstance(r.get(k), float) for r in rows) else "") for k in keys])
-    step = _load_tool("bench_train_step")
-    model = _load_tool("bench_model")
+    step = importlib.import_module("bench_train_step")
+    model = importlib.import_module("bench_model")
     model.print_rows(step.run(args.device), step.COLUMNS, step.TITLES)
 
 
@@ -336,15 +328,10 @@ SECTIONS = {"ops": bench_ops, "model": bench_model, "train": bench_train}
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=sorted(SECTIONS))
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device_args(ap, "torch CPU threads (default: torch's choice)")
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--all-patchify", action="store_true", help="also run patchify on the 5M cloud's voxels")
-    args = ap.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda but torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_device_args(ap, argv)
     SECTIONS[args.section](args)
     return 0
 
