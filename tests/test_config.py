@@ -155,3 +155,33 @@ def test_presets_follow_the_spec():
                                                                                                  False, 4)
     s200 = load_config(CONFIGS / "scannet200_volt_s_distill.yaml").data.datasets[0]
     assert (s200.num_classes, s200.segment_field, s200.pipeline) == (200, "segment200", "scannet200")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data: {datasets: [{condition: A}, {condition: B}]}", r"'data.datasets'.*exactly one dataset"),
+    ("data: {datasets: [{condition: nuScenes, pipeline: nuscenes}]}", r"'data.datasets.0.pipeline'.*scannet200"),
+    ("instance: {stuff_classes: [0, 1, 20]}", r"'instance.stuff_classes'.*\[20\].*num_classes=20"),
+    ("instance: {stuff_classes: [-1]}", r"'instance.stuff_classes'.*\[-1\]"),
+    ("instance: {stuff_classes: [0, 1]}\ndata: {datasets: [{num_classes: 2}]}", r"'instance.stuff_classes'.*no instance"),
+    ("instance: {loss_weights: {bse: 1.0}}", r"'instance.loss_weights.bse'.*unknown key.*class, bce, dice"),
+    ("instance: {cost_weights: {dise: 1.0}}", r"'instance.cost_weights.dise'.*unknown key"),
+    ("distill: {checkpoint: teacher.pt}", r"'distill.checkpoint'.*ignored by the instance task"),
+    ("distill: {weight: 0.3}", r"'distill.weight'.*ignored.*0.5.*0.3"),
+    ("distill: {checkpoints: {ScanNet: t.pt}}", r"'distill.checkpoints'.*ignored"),
+    ("data: {sampling: round_robin}", r"'data.sampling'.*ignored.*'ratio'"),
+    ("data: {grid_sampling: batch}", r"'data.grid_sampling'.*ignored"),
+    ("data: {epoch_samples: 5}", r"'data.epoch_samples'.*ignored.*got 5"),
+])
+def test_instance_task_limits_fail_at_load_time(tmp_path, text, message):
+    path = write(tmp_path, "task: instance\n" + text)
+    with pytest.raises(DataError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    load_config(write(tmp_path, text))  # the semantic task (default) accepts the same keys
+
+
+def test_instance_task_accepts_its_own_keys():
+    cfg = load_config(None, ["task=instance", "instance.loss_weights={bce: 2.0}", "instance.cost_weights={}",
+                             "instance.stuff_classes=[0, 1, 19]", "data.datasets.0.pipeline=scannet200",
+                             "data.datasets.0.num_classes=200", "distill.weight=0.5", "data.sampling=ratio"])
+    assert cfg.instance.loss_weights == {"bce": 2.0} and cfg.instance.stuff_classes == [0, 1, 19]

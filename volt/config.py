@@ -327,10 +327,15 @@ _CHOICES = {
     "data.sampling": ("ratio", "round_robin"),
     "data.grid_sampling": ("worker", "batch"),
 }
+INSTANCE_PIPELINES = ("scannet", "scannet200")  # indoor meshes with superpoints (the instance data chains)
+# Keys the instance trainer never reads (its own model and loaders): set under task: instance, they would be
+# silently ignored.
+_SEMANTIC_ONLY_DATA = ("sampling", "grid_sampling", "epoch_samples")
 
 
 def check_config(cfg: Config, source: str | os.PathLike | None = None) -> None:
-    """Values with a fixed set of choices or a valid range; DataError names the key."""
+    """Values with a fixed set of choices or a valid range, and the limits of task: instance; DataError names
+    the key."""
     for key, choices in _CHOICES.items():
         value = cfg
         for part in key.split("."):
@@ -359,7 +364,43 @@ def check_config(cfg: Config, source: str | os.PathLike | None = None) -> None:
         raise _fail(source, "data.datasets", f"condition names must be unique, got {names}")
     if not 0.0 <= cfg.data.mix_prob <= 1.0:
         raise _fail(source, "data.mix_prob", f"must be in [0, 1], got {cfg.data.mix_prob}")
+    if cfg.task == "instance":  # before the joint checks: a distill key set here is an instance error first
+        _check_instance(cfg, source)
     _check_joint(cfg, names, source)
+
+
+def _check_instance(cfg: Config, source: Any) -> None:
+    """task: instance: one indoor dataset, stuff classes among its classes, known loss/cost weight names, and
+    no semantic-only key (distill.*, data.sampling/grid_sampling/epoch_samples) changed from its default."""
+    if len(cfg.data.datasets) != 1:
+        raise _fail(source, "data.datasets",
+                    f"the instance task trains on exactly one dataset, got {len(cfg.data.datasets)}")
+    ds, i = cfg.data.datasets[0], cfg.instance
+    if ds.pipeline not in INSTANCE_PIPELINES:
+        raise _fail(source, "data.datasets.0.pipeline",
+                    f"the instance task needs one of {list(INSTANCE_PIPELINES)}, got {ds.pipeline!r}")
+    outside = sorted({c for c in i.stuff_classes if not 0 <= c < ds.num_classes})
+    if outside:
+        raise _fail(source, "instance.stuff_classes", f"classes {outside} are not in [0, data.datasets.0.num_classes"
+                                                      f"={ds.num_classes})")
+    if set(range(ds.num_classes)) <= set(i.stuff_classes):
+        raise _fail(source, "instance.stuff_classes", f"leaves no instance class: all {ds.num_classes} classes are stuff")
+    # The head merges these dicts into its defaults (the same names as here), so a misspelt name would be ignored.
+    defaults = InstanceCfg()
+    for name in ("loss_weights", "cost_weights"):
+        known = getattr(defaults, name)
+        for key in getattr(i, name):
+            if key not in known:
+                raise _fail(source, f"instance.{name}.{key}", f"unknown key (known keys: {', '.join(known)})")
+    ignored = "is ignored by the instance task (task: instance); leave it at its default"
+    for f in dataclasses.fields(DistillCfg):
+        value, default = getattr(cfg.distill, f.name), getattr(DistillCfg(), f.name)
+        if value != default:
+            raise _fail(source, f"distill.{f.name}", f"{ignored} {default!r}, got {value!r}")
+    for name in _SEMANTIC_ONLY_DATA:
+        value, default = getattr(cfg.data, name), getattr(DataCfg(), name)
+        if value != default:
+            raise _fail(source, f"data.{name}", f"{ignored} {default!r}, got {value!r}")
 
 
 def _check_joint(cfg: Config, names: list[str], source: Any) -> None:

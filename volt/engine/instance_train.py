@@ -41,8 +41,6 @@ from volt.engine.trainer import Trainer, epoch_batches, to_device
 from volt.errors import DataError
 from volt.models.instance_segmentor import InstanceSegmentor
 
-PIPELINES = ("scannet", "scannet200")  # indoor meshes with superpoints
-
 
 def load_backbone_strict(backbone: nn.Module, path: str | Path, weights: str = "auto") -> dict[str, Any]:
     """Load the `backbone.*` weights of a semantic checkpoint into `backbone`; every key must match."""
@@ -70,10 +68,8 @@ def build_instance_segmentor(cfg: Config, load_init: bool = True) -> InstanceSeg
 
 
 def scene_fields(ds: DatasetCfg, optional_labels: bool = False, split: str | None = None) -> list[str]:
-    """Stored fields the instance chains read; with optional_labels, label files a split lacks are left out."""
-    if ds.pipeline not in PIPELINES:
-        raise DataError(None, f"config key 'data.datasets[{ds.condition}].pipeline': the instance task needs one "
-                              f"of {list(PIPELINES)}, got {ds.pipeline!r}")
+    """Stored fields the instance chains read; with optional_labels, label files a split lacks are left out.
+    (check_config has limited task: instance to the superpoint pipelines, volt.config.INSTANCE_PIPELINES.)"""
     fields = ["coord", "color", "normal", "superpoint", ds.segment_field, "instance"]
     if optional_labels:
         d = Path(ds.root) / (split or ds.val_split)
@@ -84,9 +80,7 @@ def scene_fields(ds: DatasetCfg, optional_labels: bool = False, split: str | Non
 
 
 def build_instance_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
-    d, t = cfg.data, cfg.train
-    if len(d.datasets) != 1:
-        raise DataError(None, "config key 'data.datasets': the instance task trains on exactly one dataset")
+    d, t = cfg.data, cfg.train  # one dataset, a superpoint pipeline: checked by volt.config.check_config
     if d.batch_size % info.world_size:
         raise DataError(None, f"config key 'data.batch_size': {d.batch_size} does not split over {info.world_size} ranks")
     ds = d.datasets[0]
