@@ -13,6 +13,7 @@ from volt.data import pipelines as P
 from volt.data.collate import Collate, collate, drop_duplicate_voxels, mix_offsets
 from volt.data.loader import build_loader, set_epoch
 from volt.data.pipelines_instance import InstanceCollate, build_instance_loader
+from volt.data.transforms import Compose
 from volt.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +171,33 @@ def test_loader_in_process_and_sharded(demo_rooms):
         build_loader(demo_rooms, batch_size=1, rank=2, world_size=2)
 
 
+class ScenesWithTransform(list):
+    """A list dataset that applies a transform itself (like SceneDataset(transform=...))."""
+
+    def __init__(self, items: list, transform: Compose):
+        super().__init__(items)
+        self.transform = transform
+
+
+def test_pipeline_transform_and_collate_draw_independent_streams():
+    pipe, own = Compose([]), Compose([])
+    for workers in (0, 2):  # 0: the main process is worker 0; 2: what each worker's init does
+        loader = build_loader(ScenesWithTransform([{"x": 1}], own), pipe, mix_prob=0.5, seed=3,
+                              num_workers=workers)
+        draws = {}
+        for worker in range(max(workers, 1)):
+            loader.volt_seeder.seed_worker(loader.dataset, worker)
+            streams = {"pipeline": pipe.rng, "transform": own.rng, "collate": loader.collate_fn.rng}
+            draws[worker] = {k: g.random(4).tolist() for k, g in streams.items()}
+            values = [tuple(v) for v in draws[worker].values()]
+            assert len(set(values)) == 3, draws[worker]  # no two streams share their numbers
+        loader.volt_seeder.seed_worker(loader.dataset, 0)  # reseeding again repeats the streams
+        assert pipe.rng.random(4).tolist() == draws[0]["pipeline"]
+        assert loader.collate_fn.rng.random(4).tolist() == draws[0]["collate"]
+        if workers:
+            assert draws[0] != draws[1]
+
+
 def instance_sample(n: int, i: int) -> dict:
     out = sample(n, i, f"s{i}")
     out.update(instance=np.arange(n) % 3, superpoint=np.arange(n) // 2)
@@ -190,4 +218,4 @@ def test_instance_loader_collates_with_its_reseeded_instance_collate():
         first, second = np.split(b["superpoint"].numpy(), [int(b["unmixed_offset"][0])])
         assert set(first).isdisjoint(second) and b["instance"].dtype == torch.int64
     with pytest.raises(ValueError, match="duplicate"):
-        InstanceCollate(duplicates="drop")([instance_sample(3, 0)])
+        InstanceCollate(duplicates="drop")  # refused when built, not at the first batch

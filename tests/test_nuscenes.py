@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_tool
+from conftest import NUSCENES_SWEEP, load_tool
 
 from volt.data import nuscenes_splits as splits
 from volt.data.io import read_scene
@@ -25,7 +25,6 @@ from volt.data.nuscenes import (
 )
 from volt.errors import DataError
 
-BIG_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
 SMALL_SWEEP = "nuscenes/samples/LIDAR_TOP/n015-2018-08-02-17-16-37+0800__LIDAR_TOP__1533201470948018.pcd.bin"
 SMALL_LABELS = "nuscenes/lidarseg/v1.0-trainval/5f6c1e0a0c3b444b97e78d2aa3fa34d2_lidarseg.bin"
 
@@ -75,9 +74,9 @@ def test_split_lists():
 
 
 def test_real_sweep(shared_data):
-    points = read_pcd_bin(shared_data / BIG_SWEEP)
+    points = read_pcd_bin(shared_data / NUSCENES_SWEEP)
     assert points.shape == (34688, 5) and points.dtype == np.float32
-    scene = read_nuscenes_sweep(shared_data / BIG_SWEEP)
+    scene = read_nuscenes_sweep(shared_data / NUSCENES_SWEEP)
     assert scene.num_points == 34688 and "segment" not in scene
     assert scene["coord"].dtype == np.float32 and scene["strength"].shape == (34688, 1)
     assert 0.0 <= scene["strength"].min() and scene["strength"].max() <= 1.0

@@ -139,6 +139,12 @@ def test_adjusted_rand_index():
     assert sp.adjusted_rand_index(a, b) == pytest.approx(want, abs=1e-12)
 
 
+def test_number_by_first_appearance():
+    ids = sp.number_by_first_appearance(np.array([7, 3, 7, -1, 3, 9]))
+    assert ids.tolist() == [0, 1, 0, 2, 1, 3] and ids.dtype == np.int64
+    assert sp.number_by_first_appearance(np.zeros(0, np.int64)).tolist() == []
+
+
 def test_scannet_scene_matches_shipped_segments(shared_data):
     scene = shared_data / "scannet" / "scene0000_00"
     mesh_path = scene / "scene0000_00_vh_clean_2.ply"

@@ -9,8 +9,9 @@ scenes per epoch) too. `collate` replaces the default `Collate(mix_prob, duplica
 passes a `volt.data.batch_grid.BatchGridCollate`, the instance task an `InstanceCollate`).
 
 Seeding (spec §1.3: per-worker seed = seed + rank·num_workers + worker_id): every worker reseeds its copy
-of the pipeline and of the collate function from SeedSequence(seed + rank·num_workers + worker_id,
-spawn_key=(epoch,)), and seeds torch with the same stream. Batch i always goes to worker i % num_workers,
+of the pipeline and of the collate function from two independent children of SeedSequence(seed +
+rank·num_workers + worker_id, spawn_key=(epoch,)) (the pipeline and a transform the dataset applies itself
+split the first child again), and seeds torch from that sequence. Batch i always goes to worker i % num_workers,
 so two runs with the same seed, world size and num_workers produce identical batches; call
 `set_epoch(loader, epoch)` before each epoch so every epoch draws fresh augmentations (and a new shuffle).
 With num_workers = 0 the main process plays worker 0. Nothing touches the global numpy/torch RNG of the
@@ -43,10 +44,12 @@ class PipelineDataset(Dataset):
         return self.pipeline(item) if self.pipeline is not None else item
 
     def reseed(self, seed: np.random.SeedSequence) -> None:
-        # the pipeline, or a transform the dataset applies itself (SceneDataset(transform=Compose(...)))
-        for target in (self.pipeline, getattr(self.dataset, "transform", None)):
+        # the pipeline, and a transform the dataset applies itself (SceneDataset(transform=Compose(...))):
+        # one child stream each, so the two never draw the same numbers
+        targets = (self.pipeline, getattr(self.dataset, "transform", None))
+        for target, child in zip(targets, seed.spawn(len(targets))):
             if hasattr(target, "reseed"):
-                target.reseed(seed)
+                target.reseed(child)
 
 
 def worker_seed(seed: int, rank: int, num_workers: int, worker_id: int, epoch: int = 0) -> np.random.SeedSequence:
@@ -62,8 +65,10 @@ class WorkerSeeder:
 
     def seed_worker(self, dataset: PipelineDataset, worker_id: int) -> None:
         seq = worker_seed(self.seed, self.rank, self.num_workers, worker_id, self.epoch)
-        dataset.reseed(seq)
-        self.collate.reseed(seq)
+        # independent children: one shared sequence would give the pipeline and the collate equal draws
+        pipe_seq, collate_seq = seq.spawn(2)
+        dataset.reseed(pipe_seq)
+        self.collate.reseed(collate_seq)
 
     def __call__(self, worker_id: int) -> None:
         self.seed_worker(get_worker_info().dataset, worker_id)  # the worker's own copy of the dataset

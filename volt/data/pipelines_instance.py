@@ -11,7 +11,8 @@ transforms that carry `instance` and `superpoint` through grid sampling, and the
   batch, so two mixed scenes never share an instance or superpoint: superpoints become 0..S-1 in row order
   of appearance per sample plus the running count; a row without a superpoint (-1) gets a superpoint of its
   own; instance ids >= 0 are shifted past the previous samples' ids.
-- `build_instance_loader(dataset, pipeline, ...)`: volt.data.loader.build_loader with `InstanceCollate`.
+- `build_instance_loader(dataset, pipeline, *, mix_prob, **build_loader keywords)`: volt.data.loader.build_loader
+  with `InstanceCollate(mix_prob)`.
 
 Train augmentation (spec §2, differing from semseg): RandomDropout 0.2 applied with p 0.5, z rotation p 0.95,
 x/y tilt ±π/24, scale 0.8-1.2, flip, jitter, RandomShift ±0.5 m, elastic, colour (translation ratio 0.1),
@@ -35,6 +36,7 @@ from volt.data.loader import build_loader
 from volt.data.pipelines import indoor_fields, instance_augmentations
 from volt.data.transforms import Compose
 from volt.errors import DataError
+from volt.ops.superpoint import number_by_first_appearance
 
 INSTANCE_KEYS = ("instance", "superpoint")
 # Collect's instance and superpoint are int64 rows; origin_instance (val) passes through as int64 too
@@ -84,7 +86,7 @@ def scannet_instance_val(label: str = "segment20", condition: str = "ScanNet", g
     ], seed=seed)
 
 
-def _unique_ids(values: list[np.ndarray], singletons: bool) -> torch.Tensor:
+def _unique_ids(values: list[np.ndarray]) -> torch.Tensor:
     """Concatenate per-sample id arrays with ids made unique across samples (see the module docstring)."""
     out, base = [], 0
     for v in values:
@@ -92,14 +94,12 @@ def _unique_ids(values: list[np.ndarray], singletons: bool) -> torch.Tensor:
         ids = np.full(len(v), -1, np.int64)
         has = v >= 0
         if has.any():
-            _, first, local = np.unique(v[has], return_index=True, return_inverse=True)
-            rank = np.empty(len(first), np.int64)
-            rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # order of first appearance
-            ids[has] = rank[local.reshape(-1)] + base
-            base += len(first)
-        if singletons and (~has).any():
-            ids[~has] = base + np.arange(int((~has).sum()))
-            base += int((~has).sum())
+            local = number_by_first_appearance(v[has])
+            ids[has] = local + base
+            base += int(local.max()) + 1
+        missing = int((~has).sum())  # rows without a superpoint: one of their own each
+        ids[~has] = base + np.arange(missing)
+        base += missing
         out.append(ids)
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, dtype=torch.int64)
 
@@ -129,7 +129,7 @@ def collate_instances(samples: Sequence[dict[str, Any]], mix_prob: float = 0.0,
         raise DataError(None, "some samples have 'origin_instance' and others not")
     rest = [{k: v for k, v in s.items() if k not in (*INSTANCE_KEYS, "origin_instance")} for s in samples]
     batch = collate(rest, mix_prob, rng, duplicates="keep")  # "drop" would desync the id rows
-    batch["superpoint"] = _unique_ids([s["superpoint"] for s in samples], singletons=True)
+    batch["superpoint"] = _unique_ids([s["superpoint"] for s in samples])
     origin = [s.get("origin_instance", np.zeros(0, np.int64)) for s in samples]
     batch["instance"], orig = _shifted_instances([s["instance"] for s in samples], origin)
     if all(with_origin):
@@ -141,16 +141,16 @@ class InstanceCollate(Collate):
     """`collate_instances` with its own generator (reseeded per worker by volt.data.loader); duplicates are
     always kept (dropping rows would desync the id rows)."""
 
+    def __init__(self, mix_prob: float = 0.0, duplicates: str = "keep", seed: int | None = None):
+        if duplicates != "keep":
+            raise ValueError(f"InstanceCollate keeps duplicate voxels, got duplicates={duplicates!r}")
+        super().__init__(mix_prob, duplicates, seed)
+
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        if self.duplicates != "keep":
-            raise ValueError(f"InstanceCollate keeps duplicate voxels, got duplicates={self.duplicates!r}")
         return collate_instances(samples, self.mix_prob, self.rng)
 
 
-def build_instance_loader(dataset: Any, pipeline: Any, *, batch_size: int = 1, num_workers: int = 0, seed: int = 0,
-                          shuffle: bool = True, drop_last: bool = False, mix_prob: float = 0.0, rank: int = 0,
-                          world_size: int = 1, pin_memory: bool = False, epoch: int = 0) -> DataLoader:
-    """volt.data.loader.build_loader (same sharding and seeding) with `InstanceCollate` as its collate."""
-    return build_loader(dataset, pipeline, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                        shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size,
-                        pin_memory=pin_memory, epoch=epoch, collate=InstanceCollate(mix_prob))
+def build_instance_loader(dataset: Any, pipeline: Any, *, mix_prob: float = 0.0, **kw: Any) -> DataLoader:
+    """volt.data.loader.build_loader (same keywords, sharding and seeding) with `InstanceCollate(mix_prob)` as
+    its collate."""
+    return build_loader(dataset, pipeline, collate=InstanceCollate(mix_prob), **kw)

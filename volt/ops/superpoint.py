@@ -6,6 +6,7 @@ Public API (spec §2; defaults are ScanNet's segmentator, kThresh 0.01 and segMi
 - `felzenszwalb(num_vertices, edges (E,2), weights (E,), k_thresh, seg_min_verts) -> (N,) int64`: the op,
   `torch.ops.volt.felzenszwalb` (C++, CPU only) or `felzenszwalb_reference` (plain Python, the spec).
 - `adjusted_rand_index(a, b) -> float` to compare two segmentations of the same vertices.
+- `number_by_first_appearance(labels (N,)) -> (N,) int64 0..S-1`, ranked by first appearance.
 The superpoint functions return numpy for numpy input and a CPU torch tensor for torch input.
 
 The mesh path reproduces ScanNet's `Segmentator/segmentator.cpp` in float32 (facts from it, no code):
@@ -39,7 +40,8 @@ from volt.errors import DataError, require
 from volt.ops import _ext
 
 __all__ = ["adjusted_rand_index", "cloud_superpoints", "edge_weights", "felzenszwalb", "felzenszwalb_reference",
-           "knn_edges", "mesh_edges", "mesh_superpoints", "pca_normals", "segmentator_normals"]
+           "knn_edges", "mesh_edges", "mesh_superpoints", "number_by_first_appearance", "pca_normals",
+           "segmentator_normals"]
 
 F32 = np.float32
 
@@ -106,12 +108,13 @@ def _reference_checked(num_vertices: int, edges: Tensor, weights: Tensor, k_thre
         if ra != rb and (size[ra] < seg_min_verts or size[rb] < seg_min_verts):
             join(ra, rb)
     roots = np.array([find(i) for i in range(num_vertices)], dtype=np.int64)
-    return torch.from_numpy(_number_by_first_vertex(roots))
+    return torch.from_numpy(number_by_first_appearance(roots))
 
 
-def _number_by_first_vertex(roots: np.ndarray) -> np.ndarray:
-    """Relabel any per-vertex segment labels to 0..S-1 in the order of each segment's first vertex."""
-    uniq, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+def number_by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Relabel any (N,) labels to int64 0..S-1 in the order each label first appears (a segment's first
+    vertex); also used to number superpoints per sample in volt.data.pipelines_instance."""
+    uniq, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty(uniq.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
     return rank[inverse.reshape(-1)]
