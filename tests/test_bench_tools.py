@@ -91,12 +91,13 @@ def test_volt_flops_matches_counted_matmuls_and_attention():
             model(grid, feat, offset)
     finally:
         bm.attention_module.attention = original
-    layout = patchify(grid, offset)
+    layout = patchify(grid, offset, patch_size=model.patch)
     tokens = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
     assert len(attention_flops) == len(model.blocks)
-    dense_extra = 0  # the dense tokenizer (no extension) also multiplies the empty slots: T·p³ - V rows of C
+    dense_extra = 0  # the dense tokenizer (no extension) also multiplies the empty slots: T·S - V rows of C (S = p³)
     if model.tokenizer.path(grid.device) == "dense":
-        dense_extra = 2 * (layout.num_tokens * 125 - grid.shape[0]) * model.in_channels * model.tokenizer.proj.out_features
+        empty_slots = layout.num_tokens * model.tokenizer.num_slots - grid.shape[0]
+        dense_extra = 2 * empty_slots * model.in_channels * model.tokenizer.proj.out_features
     counted = counter.get_total_flops() + sum(attention_flops)
     assert bm.volt_flops(model, tokens, grid.shape[0]) + dense_extra == counted
 

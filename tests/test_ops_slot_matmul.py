@@ -209,6 +209,8 @@ def test_bad_input_is_refused():
     broken[5] = 100
     with pytest.raises(ValueError, match="order/token entry out of range"):
         ops.slot_matmul(tokens, w, bias, broken, token, groups, blocks, 100, False)
+    with pytest.raises(ValueError, match="order/token entry out of range"):  # checked by each slot's task
+        ops.slot_outer(tokens, torch.zeros(100, 8), broken, token, groups, S, True)
     with pytest.raises(ValueError, match=r"groups must be a CPU int64 vector of length B\*S\+1"):
         ops.slot_matmul(tokens, w, bias, order, token, groups[:-1].contiguous(), blocks, 100, False)
     short = groups.clone()
@@ -226,10 +228,24 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="a group's token lies outside its block"):
         ops.slot_matmul(torch.zeros(2 * BLOCK_VOXELS, 8), weight.view(S, 8, 8), None, order, token, groups,
                         torch.tensor([0, 1, 400]), 400, True)
+    big_broken = token.clone()
+    big_broken[-1] = 400
+    with pytest.raises(ValueError, match="order/token entry out of range"):  # the last block's task
+        ops.slot_matmul(torch.zeros(2 * BLOCK_VOXELS, 8), weight.view(S, 8, 8), None, order, big_broken, groups,
+                        blocks, 400, True)
     with pytest.raises(ValueError, match=r"weight must be \(S\*8, 8\)"):
         detokenize_linear(tokens, weight[:-1], bias, tok, slot)
     with pytest.raises(ValueError, match=r"weight must be \(8, S\*6\)"):
         tokenize_linear(torch.zeros(100, 6), torch.zeros(8, 7), bias, tok, slot, 10)
+
+
+def test_layers_need_the_kernel_for_the_device():
+    """No fallback: a device without volt's slot kernel is refused with the reason, before any op runs."""
+    tokens, weight, bias, tok, slot = (x.to("meta") for x in problem(100, 10, 8, 8, seed=1))
+    with pytest.raises(RuntimeError, match="no slot_matmul kernel for device 'meta'"):
+        detokenize_linear(tokens, weight, bias, tok, slot)
+    with pytest.raises(RuntimeError, match="no slot_matmul kernel for device 'meta'"):
+        tokenize_linear(torch.zeros(100, 8, device="meta"), torch.zeros(8, S * 8, device="meta"), bias, tok, slot, 10)
 
 
 def test_opcheck():

@@ -8,11 +8,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <vector>
 
+#include "common.h"
 #include "cpu/radix_sort.h"
+#include "cpu/run_tasks.h"
 
 namespace volt {
 namespace cpu {
@@ -24,16 +25,12 @@ namespace cpu {
 struct TopPlan {
   int top = 0, low_passes = 0, low_digit = 0;
   TopPlan(int bits, int64_t n) {
-    top = std::min({bits, 8, std::max(1, bits_for_count(n >> 11))});
+    top = std::min({bits, 8, std::max(1, bits_for(uint64_t(n >> 11) + 1))});  // bits of n >> 11
     const int rest = bits - top;
     low_passes = (rest + 8) / 9;
-    low_digit = low_passes ? (rest + low_passes - 1) / low_passes : 0;
+    low_digit = low_passes ? (rest + low_passes - 1) / low_passes : 0;  // <= kMaxLowDigit
   }
-  static int bits_for_count(int64_t v) {  // bits of v (0 for 0)
-    int b = 0;
-    while (b < 63 && (v >> b) > 0) ++b;
-    return b;
-  }
+  static constexpr int kMaxLowDigit = 9;
 };
 
 // Stable LSD sort of the words src[0, m) by bits [lo_bit, lo_bit + passes * digit), by one thread, into
@@ -137,14 +134,13 @@ inline uint64_t* radix_sort_words_top(uint64_t* w, uint64_t* tmp, int64_t n, int
     if (r != out + b)
       at::parallel_for(b, b + m, kChunk, [&](int64_t i0, int64_t i1) { std::copy(r + i0 - b, r + i1 - b, out + i0); });
   }
-  const int64_t threads = std::min<int64_t>(t, at::get_num_threads());
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::max<int64_t>(threads, 1), 1, [&](int64_t, int64_t) {
-    std::vector<Count> h(int64_t(2) << tp.low_digit);
-    for (int64_t d = next++; d < radix; d = next++) {
-      const int64_t b = bucket[d], m = bucket[d + 1] - b;
-      if (m > 1 && m <= kBig) sort_bucket(tmp + b, w + b, m, lo_bit, tp.low_digit, tp.low_passes, h.data());
-      else if (m == 1 && out != tmp) out[b] = tmp[b];
+  run_tasks(radix, [&](int64_t d) {  // one bucket per task, sorted by one thread: the same for any thread count
+    const int64_t b = bucket[d], m = bucket[d + 1] - b;
+    if (m > 1 && m <= kBig) {
+      Count h[2 << TopPlan::kMaxLowDigit];  // two count arrays of the low digit (sort_bucket zeroes them)
+      sort_bucket(tmp + b, w + b, m, lo_bit, tp.low_digit, tp.low_passes, h);
+    } else if (m == 1 && out != tmp) {
+      out[b] = tmp[b];
     }
   });
   return out;

@@ -13,7 +13,8 @@
 //   slot_outer:  grad (S, C_a, C_b), grad[s] = sum over the voxels in slot s of a[row]^T b[row'], with a read
 //                at token rows and b at voxel rows or the other way round (the weight gradients); one task per
 //                slot adds the slot's groups in block order.
-// Every task's work and order are fixed by the plan, so results do not depend on the thread count. Float32 only
+// Every task's work and order are fixed by the plan, so results do not depend on the thread count. Each task checks
+// the plan entries it is about to use (no serial pass over V); a bad entry raises once all tasks are done. Float32 only
 // (the Python side keeps other dtypes on torch); the register tiles are sparse convolution's
 // (cpu/sparse_conv_tiles.h), compiled for AVX-512, AVX2 and the baseline and picked at run time.
 #include <ATen/ATen.h>
@@ -139,8 +140,9 @@ void check_2d_f32(const at::Tensor& t, const char* name) {
                     " must be a contiguous 2-D float32 CPU tensor, got ", t.sizes(), " ", t.scalar_type());
 }
 
-// Checks the plan tensors for V voxels and T tokens (values in range: the kernels index with them); with
-// `blocks`, also that every group's tokens lie in its block (the token-row ownership of the tasks).
+// Checks the plan tensors' types and sizes, and that groups (and `blocks`, when given) run from 0 to V (T) without
+// going back, so every task's rows are in bounds. The order/token entries are checked by the tasks (rows_ok), each
+// on the rows it is about to use.
 Plan checked_plan(const at::Tensor& order, const at::Tensor& token, const at::Tensor& groups,
                   const at::Tensor* blocks, int64_t num_slots, int64_t num_voxels, int64_t num_tokens) {
   TORCH_CHECK_VALUE(order.scalar_type() == at::kInt && token.scalar_type() == at::kInt && order.dim() == 1 &&
@@ -155,27 +157,28 @@ Plan checked_plan(const at::Tensor& order, const at::Tensor& token, const at::Te
   const int64_t n = groups.numel();
   TORCH_CHECK_VALUE(g[0] == 0 && g[n - 1] == num_voxels, "groups must run from 0 to V = ", num_voxels);
   for (int64_t i = 0; i + 1 < n; ++i) TORCH_CHECK_VALUE(g[i] <= g[i + 1], "groups must be non-decreasing");
-  const int32_t* o = order.data_ptr<int32_t>();
-  const int32_t* t = token.data_ptr<int32_t>();
-  for (int64_t p = 0; p < num_voxels; ++p)
-    TORCH_CHECK_VALUE(o[p] >= 0 && o[p] < num_voxels && t[p] >= 0 && t[p] < num_tokens,
-                      "slot plan: order/token entry out of range at ", p);
-  Plan pl{o, t, g, nullptr, (n - 1) / num_slots, num_slots};
+  Plan pl{order.data_ptr<int32_t>(), token.data_ptr<int32_t>(), g, nullptr, (n - 1) / num_slots, num_slots};
   if (blocks != nullptr) {
     TORCH_CHECK_VALUE(blocks->device().is_cpu() && blocks->scalar_type() == at::kLong && blocks->is_contiguous() &&
                           blocks->dim() == 1 && blocks->numel() == pl.num_blocks + 1,
                       "blocks must be a CPU int64 vector of length B+1 = ", pl.num_blocks + 1);
     const int64_t* bl = blocks->data_ptr<int64_t>();
     TORCH_CHECK_VALUE(bl[0] == 0 && bl[pl.num_blocks] == num_tokens, "blocks must run from 0 to num_tokens");
-    for (int64_t b = 0; b < pl.num_blocks; ++b) {
-      TORCH_CHECK_VALUE(bl[b] <= bl[b + 1], "blocks must be non-decreasing");
-      for (int64_t p = pl.begin(b, 0); p < pl.end(b, num_slots - 1); ++p)
-        TORCH_CHECK_VALUE(t[p] >= bl[b] && t[p] < bl[b + 1], "slot plan: a group's token lies outside its block");
-    }
+    for (int64_t b = 0; b < pl.num_blocks; ++b) TORCH_CHECK_VALUE(bl[b] <= bl[b + 1], "blocks must be non-decreasing");
     pl.blocks = bl;
   }
   return pl;
 }
+
+// Whether plan rows [p0, p1) hold voxels in [0, V) and tokens in [t0, t1): the kernels index with them.
+bool rows_ok(const Plan& pl, int64_t p0, int64_t p1, int64_t num_voxels, int64_t t0, int64_t t1) {
+  bool ok = true;  // no early exit, so the loop vectorizes
+  for (int64_t p = p0; p < p1; ++p)
+    ok &= pl.order[p] >= 0 && pl.order[p] < num_voxels && pl.token[p] >= t0 && pl.token[p] < t1;
+  return ok;
+}
+
+constexpr const char* kOutOfRange = "slot plan: order/token entry out of range";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_plan_cpu(const at::Tensor& voxel2token_in,
                                                                           const at::Tensor& slot_in, int64_t num_tokens,
@@ -245,7 +248,21 @@ at::Tensor slot_matmul_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   if (!to_tokens) advise_huge_pages(out.data_ptr(), size_t(out.numel()) * sizeof(float));
   const MatmulJob job{x.data_ptr<float>(), weight.data_ptr<float>(), has_bias ? bias->data_ptr<float>() : nullptr,
                       out.data_ptr<float>(), cin, cout, to_tokens};
-  run_tasks(pl.num_blocks, [&](int64_t b) { matmul_block_best(pl, job, b); });
+  std::atomic<bool> out_of_range{false}, outside_block{false};
+  run_tasks(pl.num_blocks, [&](int64_t b) {  // the block's rows are checked before anything is written through them
+    const int64_t p0 = pl.begin(b, 0), p1 = pl.end(b, pl.num_slots - 1);
+    if (!rows_ok(pl, p0, p1, voxels, 0, tokens)) {
+      out_of_range = true;
+      return;
+    }
+    if (to_tokens && !rows_ok(pl, p0, p1, voxels, pl.blocks[b], pl.blocks[b + 1])) {
+      outside_block = true;  // another task would own this token's row
+      return;
+    }
+    matmul_block_best(pl, job, b);
+  });
+  TORCH_CHECK_VALUE(!out_of_range, kOutOfRange);
+  TORCH_CHECK_VALUE(!outside_block, "slot plan: a group's token lies outside its block");
   return out;
 }
 
@@ -262,10 +279,17 @@ at::Tensor slot_outer_cpu(const at::Tensor& a, const at::Tensor& b, const at::Te
   const int32_t* a_idx = a_is_token ? pl.token : pl.order;
   const int32_t* b_idx = a_is_token ? pl.order : pl.token;
   float* pr = grad.data_ptr<float>();
-  run_tasks(num_slots, [&](int64_t s) {
+  std::atomic<bool> out_of_range{false};
+  run_tasks(num_slots, [&](int64_t s) {  // the slot's groups are checked before they are read through
+    for (int64_t b = 0; b < pl.num_blocks; ++b)
+      if (!rows_ok(pl, pl.begin(b, s), pl.end(b, s), voxels, 0, tokens)) {
+        out_of_range = true;
+        return;
+      }
     std::fill(pr + s * ca * cb, pr + (s + 1) * ca * cb, 0.f);
     outer_slot_best(pl, pa, a_idx, pb, b_idx, ca, cb, pr + s * ca * cb, s);
   });
+  TORCH_CHECK_VALUE(!out_of_range, kOutOfRange);
   return grad;
 }
 

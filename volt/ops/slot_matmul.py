@@ -87,10 +87,8 @@ def slot_outer_reference(a: Tensor, b: Tensor, order: Tensor, token: Tensor, gro
 
 
 def slot_plan(voxel2token: Tensor, slot: Tensor, num_tokens: int, num_slots: int) -> tuple[Tensor, ...]:
-    """The plan of `slot_plan_reference`, from the kernel when the extension has one."""
-    if _ext.use_ext("slot_plan", voxel2token.device):
-        return torch.ops.volt.slot_plan(voxel2token, slot, int(num_tokens), int(num_slots))
-    return slot_plan_reference(voxel2token, slot, num_tokens, num_slots)
+    """The plan of `slot_plan_reference`, from the extension's kernel."""
+    return torch.ops.volt.slot_plan(voxel2token, slot, int(num_tokens), int(num_slots))
 
 
 def _matmul(x, weight, bias, plan, num_out, to_tokens):
@@ -121,8 +119,8 @@ class _Detokenize(torch.autograd.Function):
         grads = [None] * (3 + len(plan))
         if ctx.needs_input_grad[0]:  # grad_tokens[t] = sum over its voxels of grad_out[v] @ W_s (U_out, U_in)
             grads[0] = _matmul(grad_out, weight.view(s, -1, tokens.shape[1]), None, plan, tokens.shape[0], True)
-        if ctx.needs_input_grad[1]:  # W_s^T = sum tokens[t]^T grad_out[v]
-            grads[1] = _outer(tokens, grad_out, plan, s, True).transpose(1, 2).reshape(weight.shape)
+        if ctx.needs_input_grad[1]:  # W_s (U_out, U_in) = sum grad_out[v]^T tokens[t]
+            grads[1] = _outer(grad_out, tokens, plan, s, False).view(weight.shape)
         if ctx.needs_input_grad[2]:
             grads[2] = grad_out.sum(0)
         return tuple(grads)
@@ -157,8 +155,11 @@ class _Tokenize(torch.autograd.Function):
 
 
 def _plan_for(voxel2token: Tensor, slot: Tensor, num_tokens: int, num_slots: int) -> tuple[Tensor, ...]:
-    if voxel2token.shape != slot.shape or voxel2token.dim() != 1:
-        raise ValueError(f"voxel2token {tuple(voxel2token.shape)} and slot {tuple(slot.shape)} must be one vector size")
+    """The plan of one layer call; the layers have no fallback, so an unusable kernel is an error here."""
+    device = voxel2token.device
+    if not _ext.has_kernel("slot_matmul", device):
+        why = _ext.ext_info()["load_error"] or f"the extension has no slot_matmul kernel for device '{device.type}'"
+        raise RuntimeError(f"tokenize_linear/detokenize_linear need volt's extension kernel: {why}")
     return slot_plan(voxel2token, slot, num_tokens, num_slots)
 
 
