@@ -282,3 +282,40 @@ def test_instance_checkpoint_gives_instance_ids(tmp_path):
     np.testing.assert_array_equal(read_cloud(tmp_path / "out" / "room.ply")["instance"], pred.instance)
     with pytest.raises(ValueError, match="no tta"):
         Predictor(ckpt, device="cpu", tta=2)
+
+
+def test_in_memory_scene_named_like_a_mesh_file_is_not_read_from_disk(ckpts, tmp_path, monkeypatch):
+    """A Scene given in memory has no source file: a mesh in the working directory that carries the scene's
+    name must not supply its normals (the name labels messages only)."""
+    from volt.inference.inputs import estimate_normals, model_inputs
+
+    monkeypatch.chdir(tmp_path)
+    mesh = _mesh_ply(tmp_path / "room.ply")
+    scene = Scene("room.ply", dict(read_cloud(mesh).arrays))  # the mesh's own vertices, no normals
+    assert "normal" not in scene
+    notes: list[str] = []
+    with pytest.raises(DataError, match=r"room.ply.*no normal.*--estimate-normals"):
+        Predictor(ckpts["indoor"], device="cpu", progress=False, log=notes.append).predict(scene)
+    assert not any("mesh faces" in n for n in notes)
+    inputs = model_inputs(scene, "scannet", None, estimate=True, log=notes.append)
+    assert any(n.startswith("notice: room.ply has no normals; estimating them by PCA") for n in notes)
+    np.testing.assert_array_equal(inputs["normal"], estimate_normals(scene["coord"]))
+    # The same points read from that file: its faces give the normals.
+    assert "normal" in model_inputs(scene, "scannet", "room.ply", log=notes.append)
+    assert any("from its mesh faces" in n for n in notes)
+
+
+def test_summary_counts_and_mean_confidence_per_class(tmp_path):
+    from volt.inference.outputs import save_prediction
+    from volt.inference.predictor import Prediction
+
+    labels = np.array([2, 0, 2, -1, 2, 0])  # -1: no class (instance checkpoints), counted apart
+    confidence = np.array([0.5, 0.25, 0.75, 0.9, 1.0, 0.75], dtype=np.float32)
+    pred = Prediction("s", np.zeros((6, 3), np.float32), labels, confidence, ["a", "b", "c"])
+    save_prediction(pred, tmp_path, formats=())
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["points"] == 6 and summary["unlabelled"] == 1
+    assert [c["points"] for c in summary["classes"]] == [2, 0, 3]
+    mean = [c["mean_confidence"] for c in summary["classes"]]
+    assert mean[1] is None  # a class without points has no mean
+    assert mean[0] == pytest.approx(0.5) and mean[2] == pytest.approx(0.75)

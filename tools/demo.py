@@ -1,6 +1,6 @@
 """The main job on the embedded demo data: synthetic scans -> preprocessing -> teacher -> distilled Volt -> test.
 
-    python tools/demo.py --out outputs/demo            # what `make demo` runs (about 6 minutes on 2 CPU cores)
+    python tools/demo.py --out outputs/demo            # what `make demo` runs (about 5 minutes on 2 CPU cores)
     python tools/demo.py --out /tmp/demo --quick       # every stage with a few steps (tests, a smoke check)
 
 Stages (a finished stage is skipped on a rerun; --overwrite redoes everything):
@@ -23,7 +23,6 @@ teacher: `python tools/train.py configs/demo_volt_nodistill.yaml` then `python t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -33,20 +32,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the tests load this file by path
 
-from _demo_common import finished_run  # tools/_demo_common.py
+from _demo_common import precise_tests, train_or_reuse  # tools/_demo_common.py
+from demo_instance import instance_stage  # tools/demo_instance.py
 
 from volt.config import Config, load_config
 from volt.data.dataset import SceneDataset
 from volt.data.nuscenes import prepare_nuscenes
 from volt.data.scannet import prepare_scannet
 from volt.data.synthetic import make_demo_data
-from volt.engine.build import build_test_segmentor, class_names, test_views_for
-from volt.engine.checkpoint import load_checkpoint
-from volt.engine.dist import pick_device
-from volt.engine.evaluate import precise_test
 from volt.engine.report import format_table, save_json
 from volt.engine.threads import set_cpu_threads
-from volt.engine.trainer import fit
 from volt.viz.pictures import demo_pictures
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -75,30 +70,22 @@ def prepare_data(raw: Path, processed: Path, seed: int, overwrite: bool) -> int:
 def train(name: str, overrides: list[str], overwrite: bool) -> tuple[Config, Path, float, bool]:
     """Train configs/<name>.yaml unless the same run already finished: (config, run folder, best val mIoU,
     whether it trained now). A run folder left by other settings (e.g. --quick) is started afresh, an
-    interrupted run with the same settings is resumed (tools/_demo_common.finished_run)."""
+    interrupted run with the same settings is resumed (tools/_demo_common.train_or_reuse)."""
     cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
     run_dir = Path(cfg.train.out_dir)
-    ckpt = finished_run(cfg, overwrite)
-    if ckpt is not None:
-        best = float(ckpt["meta"]["best_metric"])
-        print(f"  already trained: {run_dir} (best val mIoU {100 * best:.1f}); --overwrite retrains")
-        return cfg, run_dir, best, False
-    shutil.rmtree(run_dir / f"test_{cfg.data.datasets[0].val_split}", ignore_errors=True)  # stale predictions
-    return cfg, run_dir, fit(cfg).best_metric, True  # fit resumes an interrupted run from last.pt
+    best, _, now = train_or_reuse(cfg, overwrite, "mIoU")
+    if now:  # predictions cached by an earlier test are stale
+        shutil.rmtree(run_dir / f"test_{cfg.data.datasets[0].val_split}", ignore_errors=True)
+    return cfg, run_dir, best, now
 
 
 def run_test(cfg: Config, run_dir: Path, views: int | None) -> dict:
     """Precise test of run_dir/best.pt (EMA weights when present) on the first dataset's val split."""
     ds = cfg.data.datasets[0]
     ckpt_path = run_dir / "best.pt"
-    device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")
-    model, _ = build_test_segmentor(cfg, load_checkpoint(ckpt_path), device, source=ckpt_path)  # no teacher
-    fragments, num_views = test_views_for(ds, cfg.model, views)
     out = run_dir / f"test_{ds.val_split}"
-    # cached predictions are reused only when they were made with num_views views
-    result = precise_test(model, SceneDataset(ds.root, ds.val_split), fragments, ds.num_classes, device=device,
-                          condition=ds.condition, class_names=class_names(ds), out_dir=out, num_views=num_views,
-                          label_key=ds.segment_field, log=lambda line: print("  " + line))
+    [(result, num_views)] = precise_tests(cfg, ckpt_path, views, [ds], out_dir=lambda _: out,
+                                          log=lambda line: print("  " + line))
     path = save_json(out / "metrics.json", result.metrics, checkpoint=str(ckpt_path), views=num_views,
                      scenes=result.scenes)
     print(format_table(result.metrics, title=f"{ds.condition} {ds.val_split}: precise test of {ckpt_path} "
@@ -152,11 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["volt"]["precise_test"] = run_test(volt_cfg, volt_dir, views)
 
     print("[5/6] instance: the distilled Volt fine-tuned as an instance segmenter (SPFormer-style head)")
-    spec = importlib.util.spec_from_file_location("demo_instance", Path(__file__).with_name("demo_instance.py"))
-    demo_instance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo_instance)
-    summary["instance"] = demo_instance.instance_stage(processed, runs, volt_dir / "best.pt", args.quick,
-                                                       args.overwrite or volt_retrained)
+    summary["instance"] = instance_stage(processed, runs, volt_dir / "best.pt", args.quick,
+                                         args.overwrite or volt_retrained)
 
     if args.no_outdoor:
         print("[6/6] outdoor: skipped (--no-outdoor); its data is preprocessed in", processed / "nuscenes")

@@ -9,7 +9,7 @@ instance per object of the synthetic rooms; wall and floor have none) on <proces
 <runs>/instance, then tests best.pt on the held-out val rooms at point level with the ScanNet instance
 evaluator (volt.engine.instance_test.run_instance_test) and returns {"run", "AP", "AP50", "AP25",
 "best_val_AP50", "metrics", "seconds"} (fractions). A finished run with the same settings is reused unless
-`overwrite`; an interrupted one is resumed (tools/_demo_common.finished_run).
+`overwrite`; an interrupted one is resumed (tools/_demo_common.train_or_reuse).
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: demo.py and the tests load this file by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the tests load this file by path
 
-from _demo_common import finished_run  # tools/_demo_common.py
+from _demo_common import train_or_reuse  # tools/_demo_common.py
 
 from volt.config import load_config
 from volt.engine.instance_test import run_instance_test
 from volt.engine.threads import set_cpu_threads
-from volt.engine.trainer import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICK = ["train.epochs=2", "train.eval_epochs=1"]  # two passes over the 8 rooms: every step of the stage runs
@@ -41,15 +40,9 @@ def instance_stage(processed: Path, runs: Path, semantic_ckpt: Path, quick: bool
                  f"instance.init_checkpoint={semantic_ckpt}", *(QUICK if quick else [])]
     cfg = load_config(CONFIGS / "demo_instance.yaml", overrides)
     run_dir = Path(cfg.train.out_dir)
-    last = run_dir / "last.pt"
-    ckpt = finished_run(cfg, overwrite)  # None: train (afresh, or resuming an interrupted run)
-    if ckpt is None:
-        best_val = fit(cfg).best_metric
-    else:
-        best_val = float(ckpt["meta"]["best_metric"])
-        print(f"  already trained: {run_dir} (best val AP50 {100 * best_val:.1f}); --overwrite retrains")
+    best_val = train_or_reuse(cfg, overwrite, "AP50").best
     best = run_dir / "best.pt"
-    tested = run_instance_test(cfg, best if best.is_file() else last, run_dir / "test_val",
+    tested = run_instance_test(cfg, best if best.is_file() else run_dir / "last.pt", run_dir / "test_val",
                                log=lambda line: print("  " + line.replace("\n", "\n  ")))
     return {"run": str(run_dir), "AP": tested["AP"], "AP50": tested["AP50"], "AP25": tested["AP25"],
             "best_val_AP50": best_val, "metrics": tested["metrics"], "seconds": round(time.time() - start, 1)}

@@ -30,17 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _demo_common import finished_run  # tools/_demo_common.py
+from _demo_common import precise_tests, train_or_reuse  # tools/_demo_common.py
 from demo import prepare_data  # tools/demo.py
 
 from volt.config import Config, load_config
-from volt.data.dataset import SceneDataset
 from volt.data.samplers import joint_counts
-from volt.engine.build import build_test_segmentor, class_names, scene_dataset, test_views_for
-from volt.engine.checkpoint import load_checkpoint
-from volt.engine.evaluate import precise_test
+from volt.engine.build import scene_dataset
 from volt.engine.threads import set_cpu_threads
-from volt.engine.trainer import fit
+from volt.viz.charts import read_run_log
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_joint.yaml"
 QUICK = ["train.epochs=2", "train.eval_epochs=2", "data.epoch_samples=2"]
@@ -55,20 +52,9 @@ def single_config(cfg: Config, k: int, out_dir: Path) -> Config:
     return dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, out_dir=str(out_dir)))
 
 
-def train(cfg: Config, overwrite: bool) -> tuple[int, bool]:
-    """Train unless the same run already finished (an interrupted one resumes): (optimizer steps, whether it
-    trained now)."""
-    ckpt = finished_run(cfg, overwrite)
-    if ckpt is not None:
-        print(f"  already trained: {cfg.train.out_dir} ({ckpt['step']} steps); --overwrite retrains")
-        return int(ckpt["step"]), False
-    return fit(cfg).steps, True
-
-
 def final_validation(cfg: Config) -> dict[str, dict]:
     """{condition: scores} of the run's last validation record (metrics.jsonl; joint keys are prefixed)."""
-    lines = (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()
-    record = [r for r in map(json.loads, lines) if r["kind"] == "val"][-1]
+    record = read_run_log(cfg.train.out_dir)["val"][-1]
     joint = len(cfg.data.datasets) > 1
     return {ds.condition: {k: record[f"{ds.condition}/{k}" if joint else k] for k in ("mIoU", "mIoU_present", "allAcc")}
             for ds in cfg.data.datasets}
@@ -76,13 +62,9 @@ def final_validation(cfg: Config) -> dict[str, dict]:
 
 def test_run(cfg: Config, views: int) -> dict[str, dict]:
     """Precise test of run/last.pt (EMA weights) on every dataset of the run: {condition: scores}."""
-    path = Path(cfg.train.out_dir) / "last.pt"
-    model, _ = build_test_segmentor(cfg, load_checkpoint(path), "cpu", source=path)
+    tested = precise_tests(cfg, Path(cfg.train.out_dir) / "last.pt", views, cfg.data.datasets)
     scores = {}
-    for ds in cfg.data.datasets:
-        fragments, _ = test_views_for(ds, cfg.model, views)
-        result = precise_test(model, SceneDataset(ds.root, ds.val_split), fragments, ds.num_classes,
-                              condition=ds.condition, class_names=class_names(ds), label_key=ds.segment_field)
+    for ds, (result, _) in zip(cfg.data.datasets, tested):
         m = result.metrics
         scores[ds.condition] = {"mIoU": m.miou, "mIoU_present": m.miou_present, "allAcc": m.allacc,
                                 "scenes": len(result.scenes)}
@@ -125,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                                *args.overrides])
     print("[2/4] joint: one Volt-tiny on " + " + ".join(f"{d.condition} ({d.grid_size:g} m grid)"
                                                         for d in cfg.data.datasets))
-    steps, _ = train(cfg, args.overwrite)
+    steps = train_or_reuse(cfg, args.overwrite, None).steps
     singles = [single_config(cfg, k, runs / f"single_{ds.condition}") for k, ds in enumerate(cfg.data.datasets)]
     for single in singles:
         print(f"[3/4] single: the same model on {single.data.datasets[0].condition} alone")
-        single_steps, _ = train(single, args.overwrite)
+        single_steps = train_or_reuse(single, args.overwrite, None).steps
         if single_steps != steps:
             raise RuntimeError(f"unequal steps: joint {steps}, single {single_steps}")
 

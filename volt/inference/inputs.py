@@ -106,14 +106,14 @@ def model_inputs(
     log: Callable[[str], None] = print,
 ) -> dict[str, np.ndarray]:
     """{name, coord, <feature fields>} for `volt.data.pipelines.test_views`, or DataError if a field is missing."""
-    where = source if source is not None else scene.name
+    where = source if source is not None else scene.name  # for messages only: a Scene has no file
     arrays: dict[str, np.ndarray] = {"coord": scene["coord"]}
     missing: list[str] = []
     for field, _ in FEAT_LAYOUT[pipeline]:
         if field in scene:
             arrays[field] = scene[field]
         elif field == "normal":
-            normal = _normals(scene, where, estimate, log)
+            normal = _normals(scene, source, estimate, log)
             if normal is None:
                 missing.append(field)
             else:
@@ -130,14 +130,17 @@ def model_inputs(
     return {"name": scene.name, **arrays}
 
 
-def _normals(scene: Scene, where: str | os.PathLike, estimate: bool, log: Callable[[str], None]) -> np.ndarray | None:
-    path = Path(where)
-    if path.suffix.lower() == ".ply" and path.is_file() and has_faces(path):
+def _normals(scene: Scene, source: str | os.PathLike | None, estimate: bool,
+             log: Callable[[str], None]) -> np.ndarray | None:
+    """Normals from the source file's mesh faces, else estimated when asked, else None. `source` None: the
+    scene was given in memory, so there is no file to read faces from (its name is only a label)."""
+    path = Path(source) if source is not None else None
+    if path is not None and path.suffix.lower() == ".ply" and path.is_file() and has_faces(path):
         log(f"notice: {path.name} has no normals; computing area-weighted vertex normals from its mesh faces "
             "(as the ScanNet preprocessing does)")
         return mesh_normals(path, scene.num_points)
     if estimate:
-        log(f"notice: {path.name} has no normals; estimating them by PCA over {NORMAL_NEIGHBOURS} nearest "
-            "neighbours (approximate: the model was trained on mesh normals)")
+        log(f"notice: {path.name if path else scene.name} has no normals; estimating them by PCA over "
+            f"{NORMAL_NEIGHBOURS} nearest neighbours (approximate: the model was trained on mesh normals)")
         return estimate_normals(scene["coord"])
     return None

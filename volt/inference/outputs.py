@@ -54,9 +54,13 @@ def _write_txt(path: Path, p: Prediction) -> Path:
 
 
 def _summary(p: Prediction) -> dict:
-    counts = np.bincount(p.labels[p.labels >= 0], minlength=len(p.class_names))  # -1: no class (instance task)
+    labelled = p.labels >= 0  # -1: no class (instance task)
+    k = len(p.class_names)
+    counts = np.bincount(p.labels[labelled], minlength=k)
+    # one pass over the points for every class's confidence sum (float64); a class without points gets None
+    sums = np.bincount(p.labels[labelled], weights=p.confidence[labelled].astype(np.float64), minlength=k)
     classes = [{"id": i, "name": n, "points": int(counts[i]),
-                "mean_confidence": float(p.confidence[p.labels == i].mean()) if counts[i] else None}
+                "mean_confidence": float(sums[i] / counts[i]) if counts[i] else None}
                for i, n in enumerate(p.class_names)]
     out = {"name": p.name, "points": p.num_points, "unlabelled": int((p.labels < 0).sum()), "classes": classes,
            **p.meta}
