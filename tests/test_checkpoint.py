@@ -183,6 +183,20 @@ def test_load_teacher_is_frozen_and_strict(tmp_path):
         load_teacher(path, Tiny())  # the joint teacher's heads must not be dropped silently
 
 
+def test_load_teacher_takes_an_already_loaded_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.backbone = Tiny()
+    path = save_checkpoint(tmp_path / "teacher.pt", holder)
+    ckpt = load_checkpoint(path)
+    path.unlink()  # the dict alone must do: the file is not read again
+    teacher = load_teacher(ckpt, Tiny(), source=path)
+    assert torch.equal(teacher.model.fc.weight, holder.backbone.fc.weight)
+    with pytest.raises(DataError, match="unexpected keys") as err:
+        load_teacher(ckpt, nn.Linear(3, 4), source=path)
+    assert err.value.path == str(path)  # errors name the file the dict came from
+
+
 # --- tools/convert_checkpoint.py ------------------------------------------------------------------------
 
 def _offset(batch: torch.Tensor) -> torch.Tensor:

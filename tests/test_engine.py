@@ -39,7 +39,7 @@ from volt.engine.checkpoint import load_checkpoint, save_checkpoint
 from volt.engine.dist import cleanup
 from volt.engine.ema import EMA
 from volt.engine.optim import build_optimizer, build_scheduler, optimizer_step, param_groups
-from volt.engine.trainer import apply_step, fit
+from volt.engine.trainer import apply_step, fit, resolve_amp
 from volt.errors import DataError
 from volt.models import FrozenTeacher
 
@@ -375,6 +375,16 @@ def test_teacher_from_our_checkpoint(tmp_path):
         build_teacher(wrong)
 
 
+def test_per_dataset_teacher_with_a_foreign_stored_config_names_its_file(tmp_path):
+    # distill.checkpoints leaves distill.checkpoint empty: the error must name the teacher's own file
+    path = save_checkpoint(tmp_path / "teacher.pt", build_segmentor(toy_config(tmp_path / "t")), {"nonsense": 1})
+    cfg = toy_config(tmp_path / "student")
+    cfg = replace(cfg, distill=replace(cfg.distill, checkpoints={"toy": str(path)}))
+    with pytest.raises(DataError, match="not a volt config") as err:
+        build_teacher(cfg)
+    assert err.value.path == str(path)
+
+
 # --- the real data path: demo scenes -> volt.data pipelines/loader -> fit, via tools/train.py ----------------
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
@@ -424,6 +434,16 @@ def test_joint_dataset_counts_and_cycles():
     assert [joint[i]["name"] for i in (4, 5)] == ["b2", "b0"]
     tagged = Dispatch([lambda x: {**x, "via": "A"}, lambda x: {**x, "via": "B"}])
     assert tagged(joint[5]) == {"name": "b0", "via": "B"}
+
+
+def test_resolve_amp_for_testing_and_inference(tmp_path):
+    cfg = toy_config(tmp_path, amp=True, amp_dtype="bfloat16")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert resolve_amp("auto", cfg, cuda) == torch.bfloat16 and resolve_amp("auto", cfg, cpu) is None
+    assert resolve_amp("auto", replace(cfg, train=replace(cfg.train, amp=False)), cuda) is None
+    assert resolve_amp("off", cfg, cuda) is None and resolve_amp("float16", cfg, cpu) == torch.float16
+    with pytest.raises(ValueError, match="amp 'fp8'"):
+        resolve_amp("fp8", cfg, cpu)
 
 
 @pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])

@@ -259,6 +259,22 @@ def test_precise_test_with_the_real_test_views(dataset):
     np.testing.assert_array_equal(result.metrics.intersection, direct.intersection)
 
 
+def test_dataset_class_names_fall_back_from_meta_to_table_to_indices(tmp_path):
+    from volt.config import DatasetCfg
+    from volt.data.io import write_scene
+    from volt.data.scannet_classes import CLASS_NAMES_20
+    from volt.data.scene import Scene
+    from volt.engine.build import dataset_class_names
+
+    ds = DatasetCfg(root=str(tmp_path / "none"), pipeline="scannet", num_classes=20)
+    assert dataset_class_names(ds) == list(CLASS_NAMES_20)  # no processed data: the benchmark's table
+    assert dataset_class_names(dataclasses.replace(ds, num_classes=3)) == ["class_0", "class_1", "class_2"]
+    names = ["floor", "crate", "shelf"]
+    arrays = {"coord": np.zeros((2, 3), np.float32), "segment20": np.zeros(2, np.int32)}
+    write_scene(Scene("s0", arrays, {"classes": {"segment20": names}}), tmp_path / "data" / "val" / "s0")
+    assert dataset_class_names(dataclasses.replace(ds, root=str(tmp_path / "data"), num_classes=3)) == names
+
+
 def test_tools_test_cli_end_to_end(tmp_path, capsys):
     """tools/test.py: checkpoint (with its stored config) -> precise test -> table, JSON, submission files."""
     import json

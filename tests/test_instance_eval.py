@@ -241,3 +241,72 @@ def test_submission_bad_input(tmp_path):
     (tmp_path / "predicted_masks" / "scene0011_00_000.txt").unlink()
     with pytest.raises(DataError, match="not found"):
         read_instance_submission(tmp_path, "scene0011_00")
+
+
+# --- the instance test: model building, the tool, the metrics file --------------------------------------------
+
+def _instance_config(root: str = "none"):
+    from volt.config import config_from_dict
+
+    return config_from_dict({"task": "instance", "model": {"in_channels": 6, "volt": {"preset": "volt-tiny"}},
+                             "instance": {"num_queries": 8, "d_model": 32, "num_heads": 2, "ffn_dim": 64,
+                                          "num_layers": 1},
+                             "data": {"datasets": [{"condition": "ScanNet", "pipeline": "scannet", "root": root,
+                                                    "num_classes": 20, "grid_size": 0.1}]},
+                             "train": {"amp": False}})
+
+
+def test_build_test_segmentor_loads_an_instance_checkpoint():
+    from volt.engine.build import build_test_segmentor
+    from volt.engine.instance_train import build_instance_segmentor
+    from volt.models.instance_segmentor import InstanceSegmentor
+
+    cfg = _instance_config()
+    torch.manual_seed(0)
+    raw = build_instance_segmentor(cfg, load_init=False).state_dict()
+    torch.manual_seed(1)
+    ema = build_instance_segmentor(cfg, load_init=False).state_dict()
+    model, weights = build_test_segmentor(cfg, {"model": raw, "ema": ema}, "cpu", source="inst.pt")
+    assert isinstance(model, InstanceSegmentor) and not model.training and weights == "ema"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+    model, weights = build_test_segmentor(cfg, {"model": raw, "ema": ema}, "cpu", use_ema=False)
+    assert weights == "model" and all(torch.equal(model.state_dict()[k], v) for k, v in raw.items())
+    partial = {"model": {k: v for k, v in raw.items() if not k.startswith("backbone.")}}
+    with pytest.raises(DataError, match="missing keys") as err:  # every weight comes from the checkpoint
+        build_test_segmentor(cfg, partial, "cpu", source="inst.pt")
+    assert err.value.path == "inst.pt"
+
+
+def test_tools_test_reads_an_instance_checkpoint_once(demo_processed, tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import load_tool
+
+    from volt.config import to_dict
+    from volt.engine import checkpoint
+    from volt.engine.instance_train import build_instance_segmentor
+
+    cfg = _instance_config(str(demo_processed / "scannet"))
+    torch.manual_seed(0)
+    path = checkpoint.save_checkpoint(tmp_path / "inst.pt", build_instance_segmentor(cfg, load_init=False),
+                                      config=to_dict(cfg))
+    reads = []
+    real = checkpoint.load_weights_only
+    monkeypatch.setattr(checkpoint, "load_weights_only", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    assert load_tool("test").main(["--ckpt", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert reads == [path]
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert data["checkpoint"] == str(path) and data["weights"] == "model" and data["split"] == "val"
+    assert {"AP", "AP50", "AP25"} <= set(data) and "AP50" in capsys.readouterr().out
+
+
+def test_save_json_writes_nan_as_null_at_any_depth(tmp_path):
+    import json
+
+    from volt.engine.report import save_json
+
+    path = save_json(tmp_path / "m.json", None, AP=float("nan"), n=np.int64(3),
+                     result={"classes": {7: {"ap": np.float32("nan"), "ap50": np.float64(0.5)}},
+                             "curve": (1.0, math.nan, [np.nan])})
+    assert json.loads(path.read_text()) == {"AP": None, "n": 3, "result": {
+        "classes": {"7": {"ap": None, "ap50": 0.5}}, "curve": [1.0, None, [None]]}}

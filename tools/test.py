@@ -36,13 +36,12 @@ import torch
 from volt.config import Config, DatasetCfg, apply_overrides, check_config, config_from_dict, load_config
 from volt.data.dataset import SceneDataset
 from volt.engine import report, submission
-from volt.engine.build import build_test_segmentor, class_names, known_class_names, pick_dataset, test_views_for
+from volt.engine.build import build_test_segmentor, dataset_class_names, pick_dataset, test_views_for
 from volt.engine.checkpoint import load_checkpoint
 from volt.engine.dist import pick_device
 from volt.engine.evaluate import precise_test
+from volt.engine.trainer import AMP_DTYPES, resolve_amp
 from volt.errors import DataError
-
-AMP = {"off": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _config(args: argparse.Namespace, ckpt: dict) -> Config:
@@ -73,17 +72,17 @@ def _datasets(cfg: Config, choice: str) -> list[DatasetCfg]:
 
 
 def _test_dataset(args: argparse.Namespace, cfg: Config, ds: DatasetCfg, model, out: Path, split: str,
-                  device: torch.device, amp: str, use_ema: bool) -> dict | None:
+                  device: torch.device, amp_dtype: torch.dtype | None, use_ema: bool) -> dict | None:
     """Precise test of one dataset with its own head; its summary scores (None without labels)."""
     scenes = SceneDataset(ds.root, split)
     on_scene = _submission_writer(ds.pipeline, ds.num_classes, split, out / "submit") if args.submission else None
-    # Names from the processed data's meta.json, else the benchmark's own table.
-    names = class_names(ds) or known_class_names(ds.pipeline, ds.num_classes)
+    names = dataset_class_names(ds)
+    amp = "off" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
     print(f"testing {args.ckpt} ({'EMA' if use_ema else 'raw'} weights) on {ds.condition} {split}: "
           f"{len(scenes)} scenes, device {device}, amp {amp}, output {out}")
     views, num_views = test_views_for(ds, cfg.model, args.views)
     result = precise_test(
-        model, scenes, views, ds.num_classes, device=device, amp_dtype=AMP[amp], condition=ds.condition,
+        model, scenes, views, ds.num_classes, device=device, amp_dtype=amp_dtype, condition=ds.condition,
         class_names=names, out_dir=out, reuse_cached=not args.no_cache, num_views=num_views,
         fragment_batch=args.fragment_batch, label_key=ds.segment_field, on_scene=on_scene, log=print,
     )
@@ -96,8 +95,7 @@ def _test_dataset(args: argparse.Namespace, cfg: Config, ds: DatasetCfg, model, 
         print("no ground-truth labels in this split: predictions only")
     print(f"wrote {path}" + (f" and {out / 'submit'}" if args.submission else ""))
     m = result.metrics
-    return None if m is None else {"mIoU": m.miou, "mIoU_present": m.miou_present, "mAcc": m.macc,
-                                   "allAcc": m.allacc, "classes": ds.num_classes, "split": split}
+    return None if m is None else {**m.summary(), "classes": ds.num_classes, "split": split}
 
 
 def dataset_table(rows: dict[str, dict | None]) -> str:
@@ -123,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="output folder (default: <ckpt folder>/test_<split>)")
     ap.add_argument("--submission", action="store_true", help="also write benchmark submission files")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--amp", default="auto", choices=("auto", *AMP), help="auto: the config's AMP on CUDA, off on CPU")
+    ap.add_argument("--amp", default="auto", choices=("auto", "off", *AMP_DTYPES),
+                    help="auto: the config's AMP on CUDA, off on CPU")
     ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     ap.add_argument("--no-cache", action="store_true", help="recompute scenes that have a saved prediction")
     ap.add_argument("--fragment-batch", type=int, default=1, help="fragments per forward pass (default 1)")
@@ -138,15 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             from volt.engine.instance_test import run_instance_test
 
             split = args.split or cfg.data.datasets[0].val_split
-            result = run_instance_test(cfg, args.ckpt, args.out or args.ckpt.parent / f"test_{split}", split=split,
-                                       device=args.device, submission=args.submission, use_ema=not args.no_ema)
+            result = run_instance_test(cfg, ckpt, args.out or args.ckpt.parent / f"test_{split}", split=split,
+                                       device=args.device, submission=args.submission, use_ema=not args.no_ema,
+                                       source=args.ckpt)
             print(f"AP {100 * result['AP']:.1f}  AP50 {100 * result['AP50']:.1f}  AP25 {100 * result['AP25']:.1f}; "
                   f"wrote {result['metrics']}")
             return 0
         chosen = _datasets(cfg, args.dataset)
         device = pick_device(args.device)
-        amp = args.amp if args.amp != "auto" else (cfg.train.amp_dtype if cfg.train.amp and device.type == "cuda"
-                                                    else "off")
+        amp_dtype = resolve_amp(args.amp, cfg, device)
         # No teacher at test time; a distilled checkpoint's distill heads are simply not used.
         model, weights = build_test_segmentor(cfg, ckpt, device, use_ema=not args.no_ema, source=args.ckpt)
         use_ema = weights == "ema"
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             split = args.split or ds.val_split
             out = args.out or args.ckpt.parent / f"test_{split}"
             out = out / ds.condition if len(chosen) > 1 else out
-            rows[ds.condition] = _test_dataset(args, cfg, ds, model, out, split, device, amp, use_ema)
+            rows[ds.condition] = _test_dataset(args, cfg, ds, model, out, split, device, amp_dtype, use_ema)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,9 +10,11 @@
   `distill.checkpoints` ({condition: checkpoint}) gives per-dataset teachers instead (`TeacherSet`).
 - `build_segmentor(cfg, device)`: Segmentor with one head per dataset condition, the configured losses and
   the teacher; on `device`. `build_test_segmentor(cfg, ckpt, device, use_ema=True, source=None)`: the same
-  without a teacher, a checkpoint's (EMA) weights loaded strictly, in eval mode -> (model, "ema" | "model").
+  without a teacher (or, for `task: instance`, the InstanceSegmentor), a checkpoint's (EMA) weights loaded
+  strictly, in eval mode -> (model, "ema" | "model").
 - `pick_dataset(datasets, which)`: a configured dataset by condition or index; `class_names(ds)` from the
-  processed data's meta.json, `known_class_names(pipeline, num_classes)` from the benchmark's tables.
+  processed data's meta.json, `known_class_names(pipeline, num_classes)` from the benchmark's tables,
+  `dataset_class_names(ds)` the first of those two, else class_<i>.
 - `build_loaders(cfg, info)`: (train loader, validation loader(s)) of this rank (volt.data.loader + pipelines).
   One trainer epoch repeats the data epochs // eval_epochs times (the reference's `loop`). Every dataset has
   its own pipeline, grid size, label field and head (`JointSample`); dataset k contributes
@@ -73,16 +75,17 @@ def build_backbone(m: ModelCfg, num_classes: int = 0) -> nn.Module:
     raise ValueError(f"unknown backbone {m.backbone!r}; choose volt or spunet")
 
 
-def _teacher_config(cfg: Config, stored: dict) -> ModelCfg:
+def _teacher_config(cfg: Config, stored: dict, source: str | os.PathLike) -> ModelCfg:
+    """The teacher's architecture; `source` (its checkpoint) names the file in errors."""
     d = cfg.distill
     if d.config:
         return load_config(d.config).model
     if stored:
         try:
-            return config_from_dict(stored, d.checkpoint).model
+            return config_from_dict(stored, source).model
         except DataError as exc:
-            raise DataError(d.checkpoint, f"the stored config is not a volt config ({exc.problem}); "
-                                          "pass the teacher's config YAML as distill.config") from exc
+            raise DataError(source, f"the stored config is not a volt config ({exc.problem}); "
+                                    "pass the teacher's config YAML as distill.config") from exc
     # A converted reference teacher without a config: the reference SpUNet-v1m1 architecture.
     return ModelCfg(backbone="spunet", in_channels=cfg.model.in_channels)
 
@@ -94,15 +97,15 @@ def _head_classes(state: dict[str, torch.Tensor], prefix: str) -> dict[str, int]
 
 def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> FrozenTeacher:
     """One frozen teacher from `path` covering the `student` conditions ({condition: classes}, checked)."""
-    ckpt = load_checkpoint(path)
-    model_cfg = _teacher_config(cfg, ckpt.get("config") or {})
+    ckpt = load_checkpoint(path)  # read once: the config, the head layout and the weights all come from it
+    model_cfg = _teacher_config(cfg, ckpt.get("config") or {}, path)
     state = ckpt["model"]
     if "backbone.final.weight" in state:  # single-dataset teacher: the backbone's last conv gives the classes
         classes = int(state["backbone.final.weight"].shape[0])
         wrong = {c: n for c, n in student.items() if n != classes}
         if wrong:
             raise DataError(path, f"the teacher predicts {classes} classes but the student's conditions have {wrong}")
-        return load_teacher(path, build_backbone(model_cfg, classes))
+        return load_teacher(ckpt, build_backbone(model_cfg, classes), source=path)
     heads = _head_classes(state, "seg_heads.")
     if not heads:
         raise DataError(path, "the teacher checkpoint has neither 'backbone.final.*' nor 'seg_heads.*' keys")
@@ -111,7 +114,7 @@ def _load_teacher(cfg: Config, path: str, student: dict[str, int]) -> FrozenTeac
     if missing:
         raise DataError(path, f"the teacher's heads {heads} do not cover the student's conditions {missing} "
                               "(same name and class count needed)")
-    return load_teacher(path, backbone, ConditionHeads(backbone.out_channels, heads))
+    return load_teacher(ckpt, backbone, ConditionHeads(backbone.out_channels, heads), source=path)
 
 
 class TeacherBatch(NamedTuple):
@@ -189,12 +192,19 @@ def build_segmentor(cfg: Config, device: torch.device | str = "cpu") -> Segmento
 
 
 def build_test_segmentor(cfg: Config, ckpt: Mapping[str, Any], device: torch.device | str = "cpu",
-                         use_ema: bool = True, source: str | os.PathLike | None = None) -> tuple[Segmentor, str]:
+                         use_ema: bool = True, source: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
     """(segmentor of `cfg` in eval mode on `device`, "ema" or "model"): no teacher, the checkpoint's EMA weights
     when present and `use_ema`, else its raw weights, loaded strictly; a distilled checkpoint's distill heads
-    are dropped (never used at inference). `source` names the checkpoint in errors."""
-    model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)
+    are dropped (never used at inference). `cfg.task == "instance"` gives the InstanceSegmentor (every weight,
+    the backbone included, from the checkpoint). `source` names the checkpoint in errors."""
     weights = "ema" if use_ema and "ema" in ckpt else "model"
+    if cfg.task == "instance":
+        from volt.engine.instance_train import build_instance_segmentor  # instance_train imports this module
+
+        model = build_instance_segmentor(cfg, load_init=False)  # no init checkpoint: the weights come next
+        load_state_strict(model, ckpt[weights], source=source)
+        return model.to(device).eval(), weights
+    model = build_segmentor(dataclasses.replace(cfg, distill=DistillCfg()), device)
     load_state_strict(model, ckpt[weights], ignore_unexpected=("distill_heads.",), source=source)
     return model.eval(), weights
 
@@ -229,6 +239,12 @@ def class_names(ds: DatasetCfg) -> list[str] | None:
         return None
     names = SceneDataset.class_names(scene, ds.segment_field)
     return names if len(names) == ds.num_classes else None
+
+
+def dataset_class_names(ds: DatasetCfg) -> list[str]:
+    """The dataset's class names: its processed data's meta.json, else the benchmark's table, else class_<i>."""
+    return (class_names(ds) or known_class_names(ds.pipeline, ds.num_classes)
+            or [f"class_{i}" for i in range(ds.num_classes)])
 
 
 # --- data -------------------------------------------------------------------------------------------------

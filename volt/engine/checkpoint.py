@@ -10,7 +10,7 @@ A `.safetensors` path stores the model tensors only, with config/versions/meta a
 `load_state_strict` never loads partially in silence: any missing or unexpected key or shape mismatch
 raises a DataError listing them, except the prefixes the caller names in `allow_missing` /
 `ignore_unexpected` (e.g. drop `seg_heads.` when fine-tuning on another label set). VOLT_SPEC.md §5 item 4.
-`load_teacher` builds the frozen distillation teacher from a teacher checkpoint.
+`load_teacher` builds the frozen distillation teacher from a teacher checkpoint (its path or its loaded dict).
 """
 
 from __future__ import annotations
@@ -229,10 +229,13 @@ def load_state_strict(
     return {"missing": missing, "unexpected": unexpected}
 
 
-def load_teacher(path: str | os.PathLike, model: nn.Module, condition_heads: nn.Module | None = None):
+def load_teacher(checkpoint: str | os.PathLike | Mapping[str, Any], model: nn.Module,
+                 condition_heads: nn.Module | None = None, *, source: str | os.PathLike | None = None):
     """A FrozenTeacher from our teacher checkpoint (keys `backbone.*`, plus `seg_heads.*` for a joint teacher).
 
-    Loaded strictly; a student checkpoint's `distill_heads.*` are ignored so a student can also teach.
+    `checkpoint` is its path or the dict `load_checkpoint` already read from it (then `source`, its path, names
+    it in errors). Loaded strictly; a student checkpoint's `distill_heads.*` are ignored so a student can also
+    teach.
     """
     from volt.models.distill import FrozenTeacher
 
@@ -240,8 +243,9 @@ def load_teacher(path: str | os.PathLike, model: nn.Module, condition_heads: nn.
     holder.backbone = model
     if condition_heads is not None:
         holder.seg_heads = condition_heads
-    ckpt = load_checkpoint(path)
-    load_state_strict(holder, ckpt["model"], ignore_unexpected=("distill_heads.",), source=path)
+    if not isinstance(checkpoint, Mapping):
+        checkpoint, source = load_checkpoint(checkpoint), checkpoint
+    load_state_strict(holder, checkpoint["model"], ignore_unexpected=("distill_heads.",), source=source)
     return FrozenTeacher(model, condition_heads)
 
 

@@ -11,18 +11,18 @@
   config's dataset: its class names, with void and `instance.stuff_classes` ignored.
 - `evaluate_loader(model, loader, evaluator, ...)`: predictions of every validation batch scored by that
   evaluator -> its result dict.
-- `run_instance_test(cfg, ckpt_path, out_dir, split=None, device="auto", submission=False, use_ema=True)`:
-  the whole test of a checkpoint on a split -> dict with AP / AP50 / AP25 (NaN without ground truth), the
-  evaluator's result, and the paths written: out_dir/metrics.json (atomically), and with `submission` the
-  ScanNet benchmark files under out_dir/submit (volt.engine.instance_submission.write_instance_submission).
+- `run_instance_test(cfg, checkpoint, out_dir, split=None, device="auto", submission=False, use_ema=True,
+  source=None)`: the whole test of a checkpoint (its path, or the dict already loaded from `source`) on a
+  split -> dict with AP / AP50 / AP25 (NaN without ground truth), the evaluator's result, and the paths
+  written: out_dir/metrics.json (atomically, NaN as null), and with `submission` the ScanNet benchmark files
+  under out_dir/submit (volt.engine.instance_submission.write_instance_submission).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from volt.data.pipelines_instance import collate_instances
-from volt.engine.build import class_names, known_class_names
+from volt.data.dataset import SceneDataset
+from volt.data.pipelines_instance import build_instance_loader, collate_instances, scannet_instance_val
+from volt.engine.build import build_test_segmentor, dataset_class_names
+from volt.engine.checkpoint import load_checkpoint
+from volt.engine.dist import pick_device
 from volt.engine.ema import unwrap
-from volt.engine.instance_eval import InstanceEvaluator
+from volt.engine.instance_eval import InstanceEvaluator, format_ap_table
+from volt.engine.instance_submission import write_instance_submission
 from volt.engine.report import save_json
+from volt.engine.submission import scannet_class_ids
 from volt.engine.trainer import to_device
 
 
@@ -99,9 +104,7 @@ def instance_evaluator(cfg: Any, names: Sequence[str] | None = None) -> Instance
     """A fresh ScanNet instance evaluator for the config's dataset: its class names (`names`, else the processed
     data's meta.json, else the benchmark's table, else class_<i>) with void (-1) and `instance.stuff_classes`
     (no instances: wall, floor) ignored."""
-    ds = cfg.data.datasets[0]
-    names = (names or class_names(ds) or known_class_names(ds.pipeline, ds.num_classes)
-             or [f"class_{i}" for i in range(ds.num_classes)])
+    names = names or dataset_class_names(cfg.data.datasets[0])
     return InstanceEvaluator(names, ignore_classes=(-1, *cfg.instance.stuff_classes))
 
 
@@ -134,49 +137,21 @@ def ap_summary(result: dict) -> dict[str, float]:
     return {"AP": float(result["all_ap"]), "AP50": float(result["all_ap_50%"]), "AP25": float(result["all_ap_25%"])}
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+def run_instance_test(cfg: Any, checkpoint: str | os.PathLike | Mapping[str, Any], out_dir: str | os.PathLike, *,
+                      split: str | None = None, device: str = "auto", submission: bool = False, use_ema: bool = True,
+                      source: str | os.PathLike | None = None, log: Any = print) -> dict:
+    """Test an instance checkpoint on a split (default the first dataset's val split); see the module docstring.
+    `checkpoint` is a path, or a dict already loaded by `load_checkpoint` (then `source` is its path, named
+    in messages and metrics.json)."""
+    from volt.engine.instance_train import scene_fields  # instance_train imports this module
 
-
-def load_instance_model(cfg: Any, state: dict[str, torch.Tensor], device: torch.device,
-                        source: str | Path | None = None) -> torch.nn.Module:
-    """The instance segmentor of `cfg` with `state` (every weight) loaded strictly, in eval mode on `device`."""
-    from volt.engine.checkpoint import load_state_strict
-    from volt.engine.instance_train import build_instance_segmentor
-
-    model = build_instance_segmentor(cfg, load_init=False)  # the checkpoint holds every weight
-    load_state_strict(model, state, source=source)
-    return model.to(device).eval()
-
-
-def run_instance_test(cfg: Any, ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *, split: str | None = None,
-                      device: str = "auto", submission: bool = False, use_ema: bool = True,
-                      log: Any = print) -> dict:
-    """Test an instance checkpoint on a split (default the first dataset's val split); see the module docstring."""
-    from volt.data.dataset import SceneDataset
-    from volt.data.pipelines_instance import build_instance_loader, scannet_instance_val
-    from volt.engine.checkpoint import load_checkpoint
-    from volt.engine.dist import pick_device
-    from volt.engine.instance_eval import format_ap_table
-    from volt.engine.instance_submission import write_instance_submission
-    from volt.engine.instance_train import scene_fields
-    from volt.engine.submission import scannet_class_ids
-
-    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    if not isinstance(checkpoint, Mapping):
+        checkpoint, source = load_checkpoint(checkpoint), checkpoint
+    out_dir = Path(out_dir)
     ds = cfg.data.datasets[0]
     split = split or ds.val_split
     dev = pick_device(device)
-    ckpt = load_checkpoint(ckpt_path)
-    weights = "ema" if use_ema and "ema" in ckpt else "model"
-    model = load_instance_model(cfg, ckpt[weights], dev, ckpt_path)
+    model, weights = build_test_segmentor(cfg, checkpoint, dev, use_ema, source=source)
     scenes = SceneDataset(ds.root, split, fields=scene_fields(ds, optional_labels=True, split=split))
     pipeline = scannet_instance_val(ds.segment_field, ds.condition, ds.grid_size)
     fill = _LabelFill(pipeline)
@@ -184,13 +159,12 @@ def run_instance_test(cfg: Any, ckpt_path: str | os.PathLike, out_dir: str | os.
     ids = scannet_class_ids(ds.num_classes)
     writer = (lambda name, p: write_instance_submission(out_dir / "submit", name, p["masks"], p["classes"],
                                                         p["scores"], ids)) if submission else None
-    log(f"instance test of {ckpt_path} ({weights} weights) on {ds.condition} {split}: {len(scenes)} scenes, "
+    log(f"instance test of {source} ({weights} weights) on {ds.condition} {split}: {len(scenes)} scenes, "
         f"device {dev}")
     result = evaluate_loader(model, loader, instance_evaluator(cfg), on_scene=writer)
     summary = ap_summary(result)
-    path = save_json(out_dir / "metrics.json", None, **_json_safe({**summary, "checkpoint": str(ckpt_path),
-                                                                    "weights": weights, "split": split,
-                                                                    "result": result}))
+    path = save_json(out_dir / "metrics.json", None, **summary, checkpoint=None if source is None else str(source),
+                     weights=weights, split=split, result=result)
     log(format_ap_table(result, title=f"{ds.condition} {split} instance segmentation"))
     return {**summary, "result": result, "metrics": str(path),
             "submission": str(out_dir / "submit") if submission else None}

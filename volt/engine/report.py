@@ -4,8 +4,9 @@
 classes absent from the ground truth marked, then the summary lines (mIoU by the reference definition
 over all K classes, mIoU over classes present in GT, mAcc, allAcc). `metrics_dict(metrics)` -> plain
 dict; `save_json(path, metrics, **extra)` writes it (plus `extra`, e.g. per-scene records, settings)
-atomically. NaN (no class present) is written as JSON null. When the metrics carry their confusion matrix
-it is saved too, as "confusion_matrix": K lists of K counts (rows = ground truth, columns = prediction);
+atomically. NaN anywhere in it (no class present, no ground truth) is written as JSON null. When the
+metrics carry their confusion matrix it is saved too, as "confusion_matrix": K lists of K counts (rows =
+ground truth, columns = prediction);
 `read_confusion(data, source)` reads it back and checks it against the per-class counts.
 """
 
@@ -104,12 +105,26 @@ def read_confusion(data: dict[str, Any], source: str | os.PathLike | None = None
     return m
 
 
+def _plain(obj: Any) -> Any:
+    """`obj` with NaN -> None at any depth, NumPy scalars -> Python numbers, tuples -> lists, keys -> str."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return _num(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def save_json(path: str | os.PathLike, metrics: SegMetrics | None, **extra: Any) -> Path:
-    """Write {metrics_dict..., **extra} as JSON (temporary file + rename, so readers never see half)."""
+    """Write {metrics_dict..., **extra} as JSON (temporary file + rename, so readers never see half); NaN
+    anywhere in it (e.g. an AP without ground truth in `extra`) becomes null."""
     payload: dict[str, Any] = metrics_dict(metrics) if metrics is not None else {}
     payload.update(extra)
     matrix = payload.pop("confusion_matrix", None)
-    text = json.dumps(payload, indent=2, allow_nan=False)
+    text = json.dumps(_plain(payload), indent=2, allow_nan=False)
     if matrix is not None:  # one line per row, not one per count (K*K lines)
         rows = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in matrix)
         head = text[:-1].rstrip()  # everything before the closing brace

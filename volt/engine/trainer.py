@@ -49,6 +49,18 @@ from volt.engine.runlog import RunLog
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def resolve_amp(choice: str, cfg: Config, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for testing/inference: "auto" = the config's train.amp_dtype when it trained with AMP and
+    `device` is CUDA, else none; "off" = none; else a name of AMP_DTYPES (ValueError otherwise)."""
+    if choice == "auto":
+        return AMP_DTYPES[cfg.train.amp_dtype] if cfg.train.amp and device.type == "cuda" else None
+    if choice == "off":
+        return None
+    if choice not in AMP_DTYPES:
+        raise ValueError(f"amp {choice!r}: choose auto, off or one of {list(AMP_DTYPES)}")
+    return AMP_DTYPES[choice]
+
+
 @dataclass
 class FitResult:
     run_dir: Path

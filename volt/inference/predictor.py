@@ -36,13 +36,12 @@ import torch
 from volt.config import config_from_dict
 from volt.data.readers import read_cloud
 from volt.data.scene import Scene
-from volt.engine.build import build_test_segmentor, known_class_names, pick_dataset, test_views_for
+from volt.engine.build import build_test_segmentor, dataset_class_names, pick_dataset, test_views_for
 from volt.engine.checkpoint import load_checkpoint
 from volt.engine.dist import pick_device
 from volt.engine.evaluate import scene_probabilities
+from volt.engine.trainer import resolve_amp
 from volt.inference.inputs import check_channels, model_inputs
-
-AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -116,26 +115,21 @@ class Predictor:
         self.dataset = ds = pick_dataset(cfg.data.datasets, dataset, self.checkpoint)
         check_channels(ds.pipeline, cfg.model.in_channels, ds.feat_start, self.checkpoint)
         self.device = pick_device(device)
-        self.amp_dtype = (AMP[cfg.train.amp_dtype] if amp == "auto" and cfg.train.amp and self.device.type == "cuda"
-                          else None if amp in ("auto", "off") else AMP[amp])
-        self.weights = "ema" if use_ema and "ema" in ckpt else "model"
-        self.class_names = (known_class_names(ds.pipeline, ds.num_classes)
-                            or [f"class{i}" for i in range(ds.num_classes)])
+        self.amp_dtype = resolve_amp(amp, cfg, self.device)
+        self.class_names = dataset_class_names(ds)
         if fragment_batch < 1 or (max_points is not None and max_points < 1):
             raise ValueError("fragment_batch and max_points must be >= 1")
         self.fragment_batch, self.max_points, self.tile_overlap = fragment_batch, max_points, tile_overlap
         self.estimate_normals, self.keep_probs, self.progress = estimate_normals, keep_probs, progress
+        if self.task == "instance" and (tta is True or tta not in (0, 1) or max_points is not None):
+            raise ValueError("instance checkpoints predict a whole scene from one view: no tta, no max_points")
+        self.model, self.weights = build_test_segmentor(cfg, ckpt, self.device, use_ema, source=self.checkpoint)
         if self.task == "instance":
             from volt.data.pipelines_instance import scannet_instance_val
-            from volt.engine.instance_test import load_instance_model
 
-            if tta is True or tta not in (0, 1) or max_points is not None:
-                raise ValueError("instance checkpoints predict a whole scene from one view: no tta, no max_points")
-            self.model = load_instance_model(cfg, ckpt[self.weights], self.device, self.checkpoint)
             self.pipeline = scannet_instance_val(ds.segment_field, ds.condition, ds.grid_size)
             self.num_views = 1
             return
-        self.model, self.weights = build_test_segmentor(cfg, ckpt, self.device, use_ema, source=self.checkpoint)
         wanted = None if tta is True else max(1, int(tta))
         # the untransformed view comes first in every test pipeline: tta=N takes it and the next N-1
         self.views, self.num_views = test_views_for(ds, cfg.model, wanted)
