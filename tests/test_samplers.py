@@ -274,3 +274,11 @@ def test_ddp_joint_run_shards_the_global_batches(demo_processed, tmp_path):
     assert ckpt["step"] == 8 and ckpt["meta"]["world_size"] == 2
     val = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()][-1]
     assert val["kind"] == "val" and {"ScanNet/mIoU", "nuScenes/mIoU"} <= set(val)
+
+
+def test_dispatch_routes_by_tag_and_keeps_it_when_asked():
+    chains = [lambda x: {**x, "via": "A"}, lambda x: {**x, "via": "B"}]
+    item = {"x": 1, "_dataset": 1}
+    assert Dispatch(chains)(item) == {"x": 1, "via": "B"}  # the tag never reaches the pipeline's output
+    assert Dispatch(chains, keep_tag=True)(item) == {"x": 1, "via": "B", "_dataset": 1}
+    assert item == {"x": 1, "_dataset": 1}  # the input item is left as it was

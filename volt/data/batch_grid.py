@@ -1,8 +1,8 @@
 """Grid sampling of a whole training batch in one `volt.ops.voxelize` call (VOLT_SPEC.md §5 item 10).
 
 With `data.grid_sampling: batch`, each dataset's train chain is cut at its GridSample:
-- the loader workers run the part before it on each scene (`split_at_grid_sample` -> head) and tag the
-  scene with its dataset (`TaggedHead`);
+- the loader workers run the part before it on each scene (`split_at_grid_sample` -> head) and keep the
+  scene's dataset tag (`Dispatch(heads, keep_tag=True)`);
 - `BatchGridCollate` concatenates the batch's scenes and voxelizes them in ONE call with one grid size per
   scene (a 2 cm room and a 5 cm sweep together), keeps each scene's random point per voxel and its
   `grid_coord` (relative to that scene's own min corner, exactly as a per-scene call gives), runs the
@@ -37,19 +37,6 @@ def split_at_grid_sample(pipeline: Compose) -> tuple[Compose, GridSample, Compos
     return Compose(pipeline.transforms[:i]), pipeline.transforms[i], Compose(pipeline.transforms[i + 1:])
 
 
-class TaggedHead:
-    """Worker side: the chain up to GridSample, and the dataset index the collate needs."""
-
-    def __init__(self, head: Compose, dataset: int):
-        self.head, self.dataset = head, dataset
-
-    def __call__(self, item: Sample) -> Sample:
-        return {**self.head(item), "_dataset": self.dataset}
-
-    def reseed(self, seed: np.random.SeedSequence) -> None:
-        self.head.reseed(seed)
-
-
 class BatchGridCollate(Collate):
     """Collate side: one voxelize call for the batch, then each scene's tail and tags, then `collate`.
 
@@ -69,7 +56,7 @@ class BatchGridCollate(Collate):
         for s in samples:
             if "_dataset" not in s or "coord" not in s:
                 raise DataError(s.get("name"), "batched grid sampling needs 'coord' and the '_dataset' tag "
-                                               "(the worker side must be a TaggedHead)")
+                                               "(the worker side must be Dispatch(..., keep_tag=True))")
         kinds = [int(s["_dataset"]) for s in samples]
         sizes = np.array([len(s["coord"]) for s in samples], dtype=np.int64)
         ends = np.cumsum(sizes)

@@ -104,14 +104,18 @@ def place_features(feat: np.ndarray, start: int, channels: int | None, name: Any
 
 
 class Dispatch:
-    """Pipeline of a joint item = its dataset's pipeline; `reseed` gives each pipeline its own child stream."""
+    """Pipeline of a joint item = its dataset's pipeline; `reseed` gives each pipeline its own child stream.
+    The `_dataset` tag is removed before the pipeline runs; `keep_tag` puts it back on the output (batched
+    grid sampling needs it in the collate)."""
 
-    def __init__(self, pipelines: Sequence[Callable[[dict[str, Any]], dict[str, Any]]]):
-        self.pipelines = list(pipelines)
+    def __init__(self, pipelines: Sequence[Callable[[dict[str, Any]], dict[str, Any]]], keep_tag: bool = False):
+        self.pipelines, self.keep_tag = list(pipelines), keep_tag
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         item = dict(item)
-        return self.pipelines[item.pop("_dataset")](item)
+        k = item.pop("_dataset")
+        out = self.pipelines[k](item)
+        return {**out, "_dataset": k} if self.keep_tag else out
 
     def reseed(self, seed: np.random.SeedSequence) -> None:
         for pipeline, child in zip(self.pipelines, seed.spawn(len(self.pipelines))):

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from volt.config import Config, DatasetCfg, DistillCfg, ModelCfg, config_from_dict, load_config
-from volt.data.batch_grid import BatchGridCollate, TaggedHead, split_at_grid_sample
+from volt.data.batch_grid import BatchGridCollate, split_at_grid_sample
 from volt.data.dataset import SceneDataset
 from volt.data.loader import build_loader
 from volt.data.loader import set_epoch as set_loader_epoch
@@ -315,13 +315,13 @@ def build_loaders(cfg: Config, info: Any) -> tuple[Any, Any]:
     batches = sampler_cls(counts, d.batch_size, world_size=info.world_size, rank=info.rank, seed=t.seed)
     joint = JointDataset(datasets, counts)
     samples = [joint_sample(ds, cfg.model, "train") for ds in d.datasets]
-    collate = None
+    collate, worker = None, Dispatch(samples)
     if d.grid_sampling == "batch":  # workers stop before GridSample; one voxelize call per batch
         parts = [split_at_grid_sample(js.pipeline) for js in samples]
         collate = BatchGridCollate([grid.grid_size for _, grid, _ in parts], [tail for _, _, tail in parts],
                                    [js.tag for js in samples], d.mix_prob, duplicates_rule(cfg))
-        samples = [TaggedHead(head, k) for k, (head, _, _) in enumerate(parts)]
-    train = EpochLoader(build_loader(joint, Dispatch(samples), batch_sampler=batches, mix_prob=d.mix_prob,
+        worker = Dispatch([head for head, _, _ in parts], keep_tag=True)
+    train = EpochLoader(build_loader(joint, worker, batch_sampler=batches, mix_prob=d.mix_prob,
                                      duplicates=duplicates_rule(cfg), collate=collate, **shard))
     wanted = cfg.eval.datasets or [ds.condition for ds in d.datasets]
     val: dict[str, EpochLoader] = {}  # the trainer validates each with its own head and metrics
